@@ -1,0 +1,1 @@
+"""readingnotes_jax: JAX/Flax reimplementations of the reading notes' vision systems."""
