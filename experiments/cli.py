@@ -1,0 +1,49 @@
+"""Shared command-line handling of experiments.train / evaluate / summary.
+
+Flags: `--config path.py[:ARG]` (a file whose `get_config(arg)` returns a
+ConfigDict), `--config.KEY=VALUE` overrides, `--workdir`, and per-command
+extras. Any `UserError` (and any bad flag) ends the process with one line on
+stderr and exit code 2.
+"""
+import importlib
+import sys
+from typing import Callable
+
+from absl import flags
+from ml_collections import config_flags
+
+from readingnotes_jax.errors import UserError
+
+
+def define_config_flags(with_workdir: bool) -> None:
+  config_flags.DEFINE_config_file("config", None, "experiment config: path.py[:ARG]",
+                                  lock_config=True)
+  if with_workdir:
+    flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics and figures")
+
+
+def trainer_module(config):
+  """The library module that implements `config.trainer` (e.g. readingnotes_jax.progan.train)."""
+  return importlib.import_module(f"readingnotes_jax.{config.trainer}.train")
+
+
+def run(main: Callable[[flags.FlagValues], None], argv: list[str] | None = None) -> None:
+  """Parses flags and runs `main(FLAGS)`; bad input -> one line on stderr, exit 2."""
+  argv = sys.argv if argv is None else argv
+  prog = argv[0].rsplit("/", 1)[-1]
+  try:
+    try:
+      flags.FLAGS(argv)
+    except flags.Error as e:
+      raise UserError(str(e).splitlines()[0]) from None
+    except (KeyError, AttributeError, ValueError, TypeError, FileNotFoundError) as e:
+      # ml_collections reports unknown keys and bad config files this way.
+      raise UserError(f"bad --config: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if flags.FLAGS["config"].value is None:
+      raise UserError("--config is required, e.g. --config experiments/configs/progan/fashion_mnist_32.py:runlocal")
+    if "workdir" in flags.FLAGS and not flags.FLAGS.workdir:
+      raise UserError("--workdir is required: the folder for checkpoints, metrics and figures")
+    main(flags.FLAGS)
+  except UserError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(2)
