@@ -1,0 +1,75 @@
+"""resize_bilinear_align_corners against NumPy (from the formula) and torch."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn.resize import resize_bilinear_align_corners
+
+
+def _numpy_align_corners(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+  """Per-pixel bilinear interpolation at y = i (H - 1) / (out_h - 1), same in x."""
+  n, h, w, c = x.shape
+  out = np.zeros((n, out_h, out_w, c), np.float64)
+  for i in range(out_h):
+    sy = i * (h - 1) / (out_h - 1) if out_h > 1 else 0.0
+    y0 = int(np.floor(sy))
+    y1 = min(y0 + 1, h - 1)
+    fy = sy - y0
+    for j in range(out_w):
+      sx = j * (w - 1) / (out_w - 1) if out_w > 1 else 0.0
+      x0 = int(np.floor(sx))
+      x1 = min(x0 + 1, w - 1)
+      fx = sx - x0
+      out[:, i, j] = ((1 - fy) * (1 - fx) * x[:, y0, x0] + (1 - fy) * fx * x[:, y0, x1]
+                      + fy * (1 - fx) * x[:, y1, x0] + fy * fx * x[:, y1, x1])
+  return out
+
+
+SIZES = [((5, 7), (17, 25)), ((12, 15), (89, 113)), ((9, 4), (3, 2)), ((1, 6), (4, 1)),
+         ((6, 6), (6, 6)), ((2, 3), (1, 1))]
+
+
+@pytest.mark.parametrize("in_size,out_size", SIZES)
+def test_matches_numpy_formula(in_size, out_size):
+  x = np.random.default_rng(0).normal(size=(2, *in_size, 3))
+  got = resize_bilinear_align_corners(jnp.asarray(x, jnp.float32), out_size)
+  chex.assert_shape(got, (2, *out_size, 3))
+  np.testing.assert_allclose(got, _numpy_align_corners(x, *out_size), atol=1e-5)
+
+
+@pytest.mark.parametrize("in_size,out_size", SIZES)
+def test_matches_torch_interpolate(in_size, out_size):
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(1).normal(size=(2, 4, *in_size)).astype(np.float32)
+  want = torch.nn.functional.interpolate(
+      torch.from_numpy(x), size=out_size, mode="bilinear", align_corners=True).numpy()
+  got = resize_bilinear_align_corners(jnp.asarray(x.transpose(0, 2, 3, 1)), out_size)
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, atol=1e-5)
+
+
+def test_gradient_matches_torch():
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(2).normal(size=(1, 2, 5, 6)).astype(np.float32)
+  cotangent = np.random.default_rng(3).normal(size=(1, 2, 9, 11)).astype(np.float32)
+  tx = torch.from_numpy(x).requires_grad_(True)
+  torch.nn.functional.interpolate(tx, size=(9, 11), mode="bilinear", align_corners=True).backward(
+      torch.from_numpy(cotangent))
+  grad = jax.grad(lambda v: jnp.sum(resize_bilinear_align_corners(v, (9, 11))
+                                    * cotangent.transpose(0, 2, 3, 1)))(
+                                        jnp.asarray(x.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(np.asarray(grad).transpose(0, 3, 1, 2), tx.grad.numpy(), atol=1e-5)
+
+
+def test_bfloat16_keeps_dtype():
+  x = jnp.ones((1, 3, 3, 2), jnp.bfloat16)
+  got = resize_bilinear_align_corners(x, (5, 5))
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32), 1.0)
+
+
+def test_bad_size_raises():
+  with pytest.raises(UserError, match="size"):
+    resize_bilinear_align_corners(jnp.zeros((1, 3, 3, 1)), (0, 4))
