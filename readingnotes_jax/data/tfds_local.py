@@ -68,6 +68,11 @@ class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
 
   disable_shuffling = True
 
+  def __init_subclass__(cls, **kwargs: Any) -> None:
+    # Never enter TFDS's global name registry: these builders are constructed
+    # directly, and names such as `voc` or `cityscapes` belong to TFDS's own.
+    super().__init_subclass__(skip_registration=True, **kwargs)
+
   def __init__(self, *, source_dir: str | os.PathLike[str],
                data_dir: str | os.PathLike[str] | None = None,
                **kwargs: Any) -> None:
