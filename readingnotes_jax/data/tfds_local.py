@@ -14,7 +14,8 @@ Conventions for builders (subclass `LocalFilesBuilder`):
   and the builder's own options (`_cache_tag`), so two source folders or two
   resolutions never share a build. Files changed in place below the top level
   are not detected: delete the cache sub-folder to rebuild.
-- Records keep the source order (`disable_shuffling`); pipelines shuffle.
+- Records keep the source order (`DatasetInfo(disable_shuffling=True)`);
+  pipelines shuffle.
 - Features are `tfds.features.Tensor` for raw arrays, with
   `encoding=tfds.features.Encoding.BYTES` for images (one bytes field instead
   of a list of ints: about 2x faster to build). `tfds.features.Image` would
@@ -62,11 +63,9 @@ class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
   Subclasses implement `_info`, `_split_generators` and `_generate_examples`
   (reading `self.source_dir`), and may override `_cache_tag` to key the build
   on their options (e.g. the resolution). Build `DatasetInfo` with
-  `tfds.core.DatasetInfo(builder=self, ...)`: `dataset_info_from_configs`
-  looks for metadata files next to the module.
+  `tfds.core.DatasetInfo(builder=self, disable_shuffling=True, ...)`
+  (`dataset_info_from_configs` looks for metadata files next to the module).
   """
-
-  disable_shuffling = True
 
   def __init_subclass__(cls, **kwargs: Any) -> None:
     # Never enter TFDS's global name registry: these builders are constructed
@@ -118,7 +117,9 @@ def prepare(builder: tfds.core.DatasetBuilder) -> None:
   """
   try:
     with _build_lock(builder):
-      if builder.is_prepared():
+      # The folder appears, complete, by TFDS's rename (`is_prepared` would
+      # log a warning while it is absent).
+      if (pathlib.Path(os.fspath(builder.data_path)) / "dataset_info.json").is_file():
         if not builder.info.splits:  # Built by another process meanwhile.
           builder.info.read_from_directory(builder.data_path)
         return
