@@ -1,0 +1,25 @@
+"""ProGAN on CelebA-HQ at 1024x1024, the paper's headline run (Section 6.3, Appendix A.1).
+
+For a TPU or GPU machine. Data: any folder of CelebA-HQ images (an image-folder
+build resized to 1024), mirror augmentation on, 600k + 600k images per
+resolution, 12M images in total (official TF config.py, v2 preset, 1 GPU
+minibatches; lr 0.0015 at 1024):
+
+  python -m experiments.train --config experiments/configs/progan/celeba_hq_1024.py \
+      --config.data.path /data/celeba-hq-1024 --workdir runs/celebahq1024
+"""
+from experiments.configs.progan.common import base_config
+
+
+def get_config(arg: str = ""):
+  if arg:
+    raise ValueError(f"unknown config variant {arg!r}: this config has none")
+  c = base_config()
+  c.data.source = "image_folder"
+  c.data.mirror = True
+  c.model.resolution = 1024
+  c.model.num_channels = 3
+  c.schedule.total_kimg = 12000.0
+  c.checkpoint_every_steps = 5000
+  c.log_every_steps = 100
+  return c

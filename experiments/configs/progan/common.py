@@ -1,0 +1,64 @@
+"""Defaults shared by the ProGAN configs: the official code's settings (train.py, loss.py, config.py
+of tkarras/progressive_growing_of_gans)."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.trainer = "progan"
+  c.seed = 1000
+  c.num_devices = 0  # 0: every visible device.
+  c.keep_checkpoints = 3
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "fashion_mnist"  # fashion_mnist | mnist | image_folder
+  c.data.path = ""                 # folder of the data; empty: READINGNOTES_DATA, Debian, download.
+  c.data.split = "train"
+  c.data.mirror = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.resolution = 32
+  c.model.num_channels = 1
+  c.model.latent_size = 512
+  c.model.label_size = 0           # > 0: AC-GAN conditioning on the data's labels.
+  c.model.fmap_base = 8192
+  c.model.fmap_decay = 1.0
+  c.model.fmap_max = 512
+  c.model.mbstd_group_size = 4
+  c.model.dtype = "float32"        # compute dtype; bfloat16 keeps parameters in float32.
+  c.model.lowering = ""            # conv lowering: "" (per platform), "xla" or "matmul".
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.start_resolution = 4
+  c.schedule.training_kimg = 600.0
+  c.schedule.transition_kimg = 600.0
+  c.schedule.total_kimg = 12000.0
+  c.schedule.minibatch_base = 16
+  c.schedule.minibatch = "4:128,8:128,16:128,32:64,64:32,128:16,256:8,512:4"  # v2 preset, 1 GPU.
+  c.schedule.g_lr_base = 0.001
+  c.schedule.d_lr_base = 0.001
+  c.schedule.g_lr = "1024:0.0015"
+  c.schedule.d_lr = "1024:0.0015"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.b1 = 0.0
+  c.optimizer.b2 = 0.99
+  c.optimizer.eps = 1e-8
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.wgan_lambda = 10.0
+  c.loss.wgan_target = 1.0
+  c.loss.wgan_epsilon = 0.001
+  c.loss.cond_weight = 1.0
+  c.g_ema_beta = 0.999
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_images = 16384        # official SWD protocol.
+  c.eval.ms_ssim_pairs = 10000     # official MS-SSIM protocol.
+  c.eval.batch_size = 256
+
+  c.figures = ml_collections.ConfigDict()
+  c.figures.grid_size = 64
+  return c
