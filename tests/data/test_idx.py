@@ -1,6 +1,5 @@
 """IDX parsing and the MnistIdx builder, on tiny generated files."""
 import gzip
-import pathlib
 import struct
 
 import numpy as np
@@ -9,31 +8,6 @@ import pytest
 from readingnotes_jax.data import idx
 from readingnotes_jax.data import tfds_local
 from readingnotes_jax.errors import UserError
-
-
-def write_idx(path: pathlib.Path, array: np.ndarray, type_code: int = 0x08) -> pathlib.Path:
-  """IDX bytes written by hand from the format's description."""
-  header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-  data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-  if path.suffix == ".gz":
-    data = gzip.compress(data)
-  path.write_bytes(data)
-  return path
-
-
-def write_mnist(folder: pathlib.Path, splits: dict[str, int], seed: int = 0) -> dict:
-  """Tiny MNIST-format folder; returns split -> (images, labels)."""
-  rng = np.random.default_rng(seed)
-  folder.mkdir(parents=True, exist_ok=True)
-  out = {}
-  for split, n in splits.items():
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, n, dtype=np.uint8)
-    image_name, label_name = idx.SPLIT_FILES[split]
-    write_idx(folder / f"{image_name}.gz", images)
-    write_idx(folder / f"{label_name}.gz", labels)
-    out[split] = (images, labels)
-  return out
 
 
 def test_read_idx_known_bytes(tmp_path):
@@ -74,7 +48,7 @@ def test_corrupt_idx_names_the_file(tmp_path, name, content):
 
 
 @pytest.fixture(scope="module")
-def tiny_mnist(tmp_path_factory):
+def tiny_mnist(tmp_path_factory, write_mnist):
   folder = tmp_path_factory.mktemp("mnist")
   arrays = write_mnist(folder, {"train": 30, "test": 12})
   builder = idx.MnistIdx(source_dir=folder, data_dir=tmp_path_factory.mktemp("cache"))
@@ -93,7 +67,7 @@ def test_builder_records_in_file_order(tiny_mnist, split):
     assert record["label"] == labels[i]
 
 
-def test_test_only_folder(tmp_path):
+def test_test_only_folder(tmp_path, write_mnist):
   """Like the MNIST copy in ../shared/data: only the t10k files."""
   write_mnist(tmp_path / "src", {"test": 5})
   builder = idx.MnistIdx(source_dir=tmp_path / "src", data_dir=tmp_path / "cache")
@@ -102,7 +76,7 @@ def test_test_only_folder(tmp_path):
     tfds_local.load(builder, "train")
 
 
-def test_uncompressed_files(tmp_path):
+def test_uncompressed_files(tmp_path, write_idx):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
   (tmp_path / "src").mkdir()
@@ -113,7 +87,7 @@ def test_uncompressed_files(tmp_path):
   assert source[2]["label"] == 9
 
 
-def test_missing_files(tmp_path):
+def test_missing_files(tmp_path, write_mnist):
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match="no MNIST-format files"):
     idx.MnistIdx(source_dir=tmp_path / "empty", data_dir=tmp_path / "cache")
@@ -126,7 +100,7 @@ def test_missing_files(tmp_path):
     idx.MnistIdx(source_dir=folder, data_dir=tmp_path / "cache")
 
 
-def test_bad_data_stops_the_build(tmp_path):
+def test_bad_data_stops_the_build(tmp_path, write_idx, write_mnist):
   folder = tmp_path / "src"
   write_mnist(folder, {"train": 4})
   write_idx(folder / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2], np.uint8))
