@@ -1,0 +1,144 @@
+"""Per-frame processors: what a model does to each frame before it is encoded.
+
+A processor is a function RGB uint8 (H, W, 3) -> RGB uint8 (H', W', 3) with a
+name. Each is registered by name with a setup function that receives the
+`--checkpoint` folder (or None) and returns the per-frame function, so a new
+model is a few lines:
+
+  @register("mymodel")
+  def _mymodel(checkpoint):
+    predict = load(checkpoint)           # once, at server start
+    return lambda frame: draw(frame, predict(frame))
+
+Setup runs once at server start; the frame function runs on the pipeline
+thread, one frame at a time.
+"""
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from readingnotes_jax.errors import UserError
+
+FrameFn = Callable[[np.ndarray], np.ndarray]
+Setup = Callable[[str | None], FrameFn]
+
+# Legend layout (pixels): box at (MARGIN, MARGIN), one ROW per class, a SWATCH
+# square at PAD from the row's top-left, the class name after it.
+LEGEND_MARGIN = 8
+LEGEND_PAD = 4
+LEGEND_ROW = 18
+LEGEND_SWATCH = 12
+LEGEND_MAX_ROWS = 10
+
+_SETUPS: dict[str, Setup] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Processor:
+  """A named per-frame function."""
+  name: str
+  fn: FrameFn
+
+
+def register(name: str) -> Callable[[Setup], Setup]:
+  """Registers a setup function `(checkpoint: str | None) -> frame function` under `name`."""
+
+  def decorator(setup: Setup) -> Setup:
+    _SETUPS[name] = setup
+    return setup
+
+  return decorator
+
+
+def names() -> list[str]:
+  """The registered processor names."""
+  return sorted(_SETUPS)
+
+
+def load(name: str, checkpoint: str | None = None) -> Processor:
+  """Runs the setup of processor `name` (loading its model from `checkpoint`)."""
+  if name not in _SETUPS:
+    raise UserError(f"unknown model {name!r}: use one of {names()}")
+  return Processor(name, _SETUPS[name](checkpoint))
+
+
+@register("none")
+def _none(checkpoint: str | None) -> FrameFn:
+  del checkpoint
+  return lambda frame: frame
+
+
+def blend_labels(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray,
+                 alpha: float = 0.5) -> np.ndarray:
+  """Paints each pixel's class colour over the frame with opacity `alpha`.
+
+  Labels outside [0, len(palette)) (void / ignore, e.g. 255) leave the pixel as is.
+  """
+  if labels.shape != frame.shape[:2]:
+    raise ValueError(f"label map {labels.shape} does not match frame {frame.shape[:2]}")
+  valid = (labels >= 0) & (labels < len(palette))
+  colours = palette[np.where(valid, labels, 0)].astype(np.float32)
+  mixed = np.rint((1.0 - alpha) * frame.astype(np.float32) + alpha * colours).astype(np.uint8)
+  return np.where(valid[..., None], mixed, frame)
+
+
+def classes_by_area(labels: np.ndarray, num_classes: int) -> list[int]:
+  """The classes present in `labels`, largest area first (ties: lower index first)."""
+  counts = np.bincount(labels[(labels >= 0) & (labels < num_classes)].ravel(),
+                       minlength=num_classes)
+  present = np.flatnonzero(counts)
+  return [int(c) for c in present[np.argsort(-counts[present], kind="stable")]]
+
+
+def draw_legend(frame: np.ndarray, classes: Sequence[int], class_names: Sequence[str],
+                palette: np.ndarray) -> np.ndarray:
+  """Draws a legend box in the top-left corner: a colour swatch and the name per class.
+
+  At most LEGEND_MAX_ROWS classes are listed; the box darkens the frame under it
+  to half brightness so white text stays readable.
+  """
+  frame = frame.copy()
+  rows = list(classes)[:LEGEND_MAX_ROWS]
+  if not rows:
+    return frame
+  font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+  text_width = max(cv2.getTextSize(class_names[c], font, scale, 1)[0][0] for c in rows)
+  x0 = y0 = LEGEND_MARGIN
+  x1 = min(frame.shape[1], x0 + 3 * LEGEND_PAD + LEGEND_SWATCH + text_width)
+  y1 = min(frame.shape[0], y0 + len(rows) * LEGEND_ROW + LEGEND_PAD)
+  frame[y0:y1, x0:x1] //= 2
+  for i, c in enumerate(rows):
+    top = y0 + LEGEND_PAD + i * LEGEND_ROW
+    left = x0 + LEGEND_PAD
+    frame[top:top + LEGEND_SWATCH, left:left + LEGEND_SWATCH] = palette[c]
+    cv2.putText(frame, class_names[c], (left + LEGEND_SWATCH + LEGEND_PAD, top + LEGEND_SWATCH - 1),
+                font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+  return frame
+
+
+def segmentation_overlay(predict: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str],
+                         palette: np.ndarray, alpha: float = 0.5) -> FrameFn:
+  """A frame function that blends `predict(frame)`'s label map over the frame, with a legend."""
+  palette = np.asarray(palette, np.uint8)
+  if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) < len(class_names):
+    raise UserError(f"palette of shape {palette.shape} does not give an RGB colour to each of "
+                    f"{len(class_names)} classes: the checkpoint's class metadata is broken")
+
+  def overlay(frame: np.ndarray) -> np.ndarray:
+    labels = np.asarray(predict(frame))
+    blended = blend_labels(frame, labels, palette, alpha)
+    return draw_legend(blended, classes_by_area(labels, len(class_names)), class_names, palette)
+
+  return overlay
+
+
+@register("pspnet")
+def _pspnet(checkpoint: str | None) -> FrameFn:
+  """PSPNet scene parsing (readingnotes_jax.pspnet) as a colour overlay with a legend."""
+  if checkpoint is None:
+    raise UserError("--model pspnet needs --checkpoint DIR (a PSPNet training workdir)")
+  from readingnotes_jax.pspnet.inference import load_predictor  # pylint: disable=import-outside-toplevel
+  predict, class_names, palette = load_predictor(checkpoint)
+  return segmentation_overlay(predict, class_names, palette)
