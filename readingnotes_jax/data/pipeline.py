@@ -30,7 +30,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 
 from readingnotes_jax.errors import UserError
 
-_READ_CHUNK = 1024  # Records per read task.
+_MIN_CHUNK, _MAX_CHUNK = 8, 4096  # Records per read task.
 
 
 class ArraySource:
@@ -99,7 +99,7 @@ def _decode_columns(serialized: Sequence[bytes],
 
 
 def _read(source: Sequence[Mapping[str, Any]], indices: np.ndarray,
-          pool: concurrent.futures.Executor) -> dict[str, np.ndarray]:
+          pool: concurrent.futures.Executor, num_threads: int) -> dict[str, np.ndarray]:
   """Records at `indices` stacked per field, read in parallel chunks.
 
   Decodes whole columns straight from TFDS's protos where `_column_layout`
@@ -107,7 +107,9 @@ def _read(source: Sequence[Mapping[str, Any]], indices: np.ndarray,
   """
   if isinstance(source, ArraySource):
     return source.take(indices)
-  chunks = [indices[i:i + _READ_CHUNK].tolist() for i in range(0, len(indices), _READ_CHUNK)]
+  # About one chunk per reader thread: a batch is read in parallel.
+  size = min(max(-(-len(indices) // num_threads), _MIN_CHUNK), _MAX_CHUNK)
+  chunks = [indices[i:i + size].tolist() for i in range(0, len(indices), size)]
   if (layout := _column_layout(source)) is not None:
     serialized = [s for chunk in pool.map(source.data_source.__getitems__, chunks) for s in chunk]
     return _decode_columns(serialized, layout)
@@ -118,8 +120,9 @@ def _read(source: Sequence[Mapping[str, Any]], indices: np.ndarray,
 def to_memory(source: Sequence[Mapping[str, Any]], *,
               num_threads: int | None = None) -> ArraySource:
   """A whole (small) split read into memory, e.g. Fashion-MNIST train (47 MB)."""
-  with concurrent.futures.ThreadPoolExecutor(num_threads or os.cpu_count()) as pool:
-    return ArraySource(_read(source, np.arange(len(source)), pool))
+  num_threads = num_threads or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    return ArraySource(_read(source, np.arange(len(source)), pool, num_threads))
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -209,7 +212,8 @@ class ImageStream:
     self._downsample = padded // resolution
     self._permutations: dict[int, np.ndarray] = {}
     self._lock = threading.Lock()
-    self._readers = concurrent.futures.ThreadPoolExecutor(num_threads or os.cpu_count())
+    self._num_threads = num_threads or os.cpu_count() or 1
+    self._readers = concurrent.futures.ThreadPoolExecutor(self._num_threads)
     self._prefetcher = concurrent.futures.ThreadPoolExecutor(1)
     self._prefetched: tuple[tuple[int, ...], concurrent.futures.Future] | None = None
 
@@ -234,7 +238,8 @@ class ImageStream:
     return out
 
   def _load(self, start: int, stop: int) -> dict[str, np.ndarray]:
-    records = _read(self.source, self.record_indices(start, stop), self._readers)
+    records = _read(self.source, self.record_indices(start, stop), self._readers,
+                    self._num_threads)
     images = pad_to_power_of_two(records["image"])
     if self._downsample > 1:
       images = box_downsample(images, self._downsample)
