@@ -114,15 +114,18 @@ def camera_source(index: int, name: str | None = None) -> Source:
 
 def folder_source(path: str | pathlib.Path, name: str | None = None,
                   fps: float = FOLDER_FPS) -> Source:
-  """The images of a folder in name order, as frames at `fps`."""
+  """The images of a folder in name order, as frames at `fps` (listed anew at each open)."""
   path = pathlib.Path(path)
-  files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-  if not files:
+
+  def images() -> list[pathlib.Path]:
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+  if not images():
     raise UserError(f"folder {str(path)!r} has no images ({', '.join(IMAGE_SUFFIXES)}): "
                     "point --source at a folder of images")
 
   def frames() -> FrameIterator:
-    for file in files:
+    for file in images():
       bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
       if bgr is None:
         raise SourceError(f"cannot read image {file.name}")

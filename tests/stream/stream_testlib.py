@@ -17,9 +17,9 @@ from readingnotes_jax.stream.sources import Source
 
 
 @contextlib.contextmanager
-def running(*args, **kwargs):
-  """Runs StreamServer(*args, port=0, **kwargs) on its own event loop thread; yields it."""
-  server = StreamServer(*args, port=0, **kwargs)
+def running(*args, port: int = 0, **kwargs):
+  """Runs StreamServer(*args, port=port, **kwargs) on its own event loop thread; yields it."""
+  server = StreamServer(*args, port=port, **kwargs)
   loop = asyncio.new_event_loop()
   thread = threading.Thread(target=loop.run_forever, daemon=True)
   thread.start()
