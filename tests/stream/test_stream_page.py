@@ -65,7 +65,7 @@ def test_page_streams_switches_source_and_reconnects(browser):
     wait_js(page, "() => document.getElementById('state').textContent === 'open'")
     wait_js(page, "() => Number(document.getElementById('frames').textContent) > 20")
     wait_js(page, "() => Number(document.getElementById('fps').textContent) >= 15")
-    assert 0 <= counter(page, "latency") < 500
+    assert -1 < counter(page, "latency") < 500  # same clock: no offset applied
     assert counter(page, "dropped") >= 0
     assert page.eval_on_selector("#view", "c => [c.width, c.height]") == [128, 96]
     assert page.eval_on_selector_all("#source option", "os => os.map(o => o.value)") == [

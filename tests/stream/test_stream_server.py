@@ -177,9 +177,10 @@ def test_slow_viewer_skips_frames_without_backlog_or_slowing_others():
   finally:
     tracemalloc.stop()
   assert frame_bytes > 100_000  # a backlog of these would show at once
-  # The fast viewer kept the source's rate and saw almost every frame.
-  assert received / elapsed > 0.8 * fps
+  # The fast viewer saw almost every frame the pipeline made, and the pipeline was not held
+  # back (a blocking slow client would stall it near 0 fps; the margin is for loaded CI).
   assert received >= 0.9 * produced
+  assert received / elapsed > 0.5 * fps
   # The slow viewer got few frames and dropped the rest; the server kept no backlog.
   slow_counters = counters[0]
   assert slow_counters["dropped"] > produced / 2

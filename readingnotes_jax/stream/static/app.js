@@ -99,8 +99,10 @@
         const now = Date.now();
         const rtt = now - msg.t;
         if (rtt <= bestRtt) {
+          // NTP-style estimate, good to rtt / 2: a smaller offset is no evidence of skew.
           bestRtt = rtt;
-          clockOffset = msg.server - (msg.t + now) / 2;
+          const offset = msg.server - (msg.t + now) / 2;
+          clockOffset = Math.abs(offset) > rtt / 2 ? offset : 0;
         }
         break;
       }
