@@ -148,6 +148,17 @@ def test_sliced_wasserstein_matches_numpy_protocol():
   assert ours == pytest.approx(np.mean(repeats), rel=1e-5)
 
 
+def test_jax_backend_matches_numpy():
+  rng = np.random.default_rng(8)
+  a = rng.normal(size=(2000, 49)).astype(np.float32)
+  b = (rng.normal(size=(2000, 49)) * 1.2).astype(np.float32)
+  on_numpy = swd.sliced_wasserstein(a, b, np.random.default_rng(1), backend="numpy")
+  on_jax = swd.sliced_wasserstein(a, b, np.random.default_rng(1), backend="jax")
+  assert on_jax == pytest.approx(on_numpy, rel=1e-5)
+  with pytest.raises(UserError, match="backend"):
+    swd.sliced_wasserstein(a, b, np.random.default_rng(1), backend="torch")
+
+
 def test_sliced_wasserstein_of_a_translation():
   # Shifting every 2-D point by v shifts each projection by <v, u>: the distance is
   # the mean |<v, u>| over the directions, about |v| * 2 / pi.
