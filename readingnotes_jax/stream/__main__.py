@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UserError as exc:
     print(f"error: {exc}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
+  except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM
     pass
   return 0
 

@@ -139,6 +139,6 @@ def _pspnet(checkpoint: str | None) -> FrameFn:
   """PSPNet scene parsing (readingnotes_jax.pspnet) as a colour overlay with a legend."""
   if checkpoint is None:
     raise UserError("--model pspnet needs --checkpoint DIR (a PSPNet training workdir)")
-  from readingnotes_jax.pspnet.inference import load_predictor  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.pspnet.train import load_predictor  # pylint: disable=import-outside-toplevel
   predict, class_names, palette = load_predictor(checkpoint)
   return segmentation_overlay(predict, class_names, palette)

@@ -36,6 +36,7 @@ import hmac
 import json
 import logging
 import pathlib
+import signal
 import socket
 import struct
 import time
@@ -99,8 +100,8 @@ def read_stamp(data: bytes) -> dict[str, Any] | None:
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-  """One encoded frame, shared by all viewers."""
-  seq: int
+  """One encoded frame, shared by all viewers: stamped JPEG bytes and, when a viewer
+  asked for text, their base64."""
   jpeg: bytes
   base64: bytes | None
 
@@ -243,7 +244,8 @@ class StreamServer:
     self._executor.shutdown(wait=True)
 
   async def serve_forever(self) -> None:
-    """Starts, then serves until cancelled."""
+    """Starts, then serves until cancelled (SIGTERM cancels it too)."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     await self.start()
     try:
       await self._server.serve_forever()
@@ -485,7 +487,7 @@ class StreamServer:
       raise RuntimeError(f"JPEG encoding failed for a frame of shape {image.shape}")
     self._seq += 1
     jpeg = stamp_jpeg(memoryview(encoded), self._seq, stamp_ms)
-    return Frame(self._seq, jpeg, base64.b64encode(jpeg) if self._text_viewers else None)
+    return Frame(jpeg, base64.b64encode(jpeg) if self._text_viewers else None)
 
 
 def _error(message: str) -> dict[str, str]:

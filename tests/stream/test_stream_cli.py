@@ -29,12 +29,14 @@ def clip(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-def test_command_streams_and_stops_on_ctrl_c(clip):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_command_streams_and_stops_cleanly(clip, stop):
   process = subprocess.Popen(
       [sys.executable, "-m", "readingnotes_jax.stream", "--source", f"demo={clip}", "--port", "0",
        "--loop", "--fps", "50"], cwd=REPO, stderr=subprocess.PIPE, text=True)
   lines = queue.Queue()
-  threading.Thread(target=lambda: [lines.put(l) for l in process.stderr], daemon=True).start()
+  reader = threading.Thread(target=lambda: [lines.put(l) for l in process.stderr], daemon=True)
+  reader.start()
   try:
     while True:
       line = lines.get(timeout=30)
@@ -46,8 +48,10 @@ def test_command_streams_and_stops_on_ctrl_c(clip):
       frames = 0
       while frames < 15:  # more than the clip's 10 frames: --loop restarts it
         frames += isinstance(ws.recv(timeout=5), bytes)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     assert process.wait(timeout=10) == 0
+    reader.join(5)
+    assert "Traceback" not in "".join(lines.queue)
   finally:
     process.kill()
     process.wait()
