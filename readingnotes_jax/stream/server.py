@@ -167,7 +167,6 @@ class StreamServer:
     self._sources = {s.name: s for s in sources}
     if len(self._sources) != len(sources):
       raise UserError("two sources have the same name: name them with --source NAME=PATH")
-    initial = processors[0] if processors else processors_lib.load("none")
     self._processors = {p.name: p for p in processors}
     self._processors.setdefault("none", processors_lib.load("none"))
     self._host, self._port, self._fps, self._loop = host, port, fps, loop
@@ -178,7 +177,7 @@ class StreamServer:
                     for path, (file, kind) in _STATIC_FILES.items()}
 
     self._source = sources[0]
-    self._processor = initial
+    self._processor = processors[0] if processors else self._processors["none"]
     self._frames = None  # the open iterator of self._source, or None when stopped
     self._status = "starting"
     self._pending_source: str | None = self._source.name
@@ -433,7 +432,8 @@ class StreamServer:
         continue
       for viewer in self._viewers:
         viewer.offer(frame)
-      period = 1.0 / (self._fps or self._source.fps) if (self._fps or self._source.fps) else 0.0
+      rate = self._fps or self._source.fps  # None: reading waits for each frame (camera)
+      period = 1.0 / rate if rate else 0.0
       now = loop.time()
       deadline = now + period if deadline is None or deadline + period < now else deadline + period
       await asyncio.sleep(deadline - now)
