@@ -4,9 +4,9 @@ Matches `metrics/sliced_wasserstein.py` of tkarras/progressive_growing_of_gans
 (ProGAN paper, Section 5 and Appendix D):
 
 1. Each image is split into a Laplacian pyramid from full resolution down to
-   16 px (`pyr_down` / `pyr_up` equal cv2.pyrDown / cv2.pyrUp: 5x5 binomial
-   filter, reflect-101 ("mirror") borders). The last level is the 16 px Gaussian
-   level itself.
+   16 px with cv2.pyrDown / cv2.pyrUp (5x5 binomial filter, reflect-101 borders),
+   which the official scipy versions reproduce. The last level is the 16 px
+   Gaussian level itself.
 2. From every level of every image, 128 random 7x7xC neighbourhoods are taken
    (centres uniform over the positions where the patch fits).
 3. The descriptors of a whole set are normalized per channel (mean and standard
@@ -42,6 +42,7 @@ import dataclasses
 import os
 from collections.abc import Iterable
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,46 +50,30 @@ import numpy as np
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.metrics.images import iterate_batches, to_uint8
 
-# 1-D binomial taps of cv2.pyrDown; the official 5x5 `gaussian_filter` is their
-# outer product.
-_BINOMIAL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 MIN_RESOLUTION = 16
 
 
-def _filter_axis(x: np.ndarray, taps: np.ndarray, axis: int, stride: int) -> np.ndarray:
-  """Correlates `x` with symmetric 5 `taps` along `axis` (reflect-101 borders), then subsamples."""
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (2, 2)
-  padded = np.pad(x, pad, mode="reflect")  # NumPy "reflect" is reflect-101: d c b | a b c d.
-  out_size = (x.shape[axis] + stride - 1) // stride
-  out = None
-  for k, tap in enumerate(taps):
-    index = [slice(None)] * x.ndim
-    index[axis] = slice(k, k + stride * (out_size - 1) + 1, stride)
-    term = padded[tuple(index)] * tap
-    out = term if out is None else out + term
-  return out
+def _per_image(fn, images: np.ndarray) -> np.ndarray:
+  """Applies an OpenCV HxWxC -> H'xW'xC function to each image of an NHWC float32 batch."""
+  images = np.ascontiguousarray(images, np.float32)
+  out = np.stack([fn(image) for image in images])
+  return out.reshape(out.shape[:3] + (images.shape[3],))  # OpenCV drops a lone channel axis.
 
 
 def pyr_down(images: np.ndarray) -> np.ndarray:
-  """Blurs NHWC float `images` with the 5x5 binomial filter and keeps every 2nd pixel.
+  """cv2.pyrDown of each NHWC image, as float32: 5x5 binomial blur, every 2nd pixel.
 
-  Equals cv2.pyrDown per image and channel (the official `pyr_down`).
+  Borders reflect-101, as the official `pyr_down` (scipy `convolve`, mode "mirror").
   """
-  x = _filter_axis(images, _BINOMIAL, axis=1, stride=2)
-  return _filter_axis(x, _BINOMIAL, axis=2, stride=2)
+  return _per_image(cv2.pyrDown, images)
 
 
 def pyr_up(images: np.ndarray) -> np.ndarray:
-  """Doubles NHWC float `images`: zeros between pixels, then the binomial filter x4.
+  """cv2.pyrUp of each NHWC image, as float32: zeros between pixels, binomial blur x4.
 
-  Equals cv2.pyrUp per image and channel (the official `pyr_up`).
+  Equals the official `pyr_up` (zero insertion, then scipy `convolve`, mode "mirror").
   """
-  n, h, w, c = images.shape
-  upsampled = np.zeros((n, 2 * h, 2 * w, c), images.dtype)
-  upsampled[:, ::2, ::2] = images
-  x = _filter_axis(upsampled, 2.0 * _BINOMIAL, axis=1, stride=1)
-  return _filter_axis(x, 2.0 * _BINOMIAL, axis=2, stride=1)
+  return _per_image(cv2.pyrUp, images)
 
 
 def laplacian_pyramid(images: np.ndarray, num_levels: int) -> list[np.ndarray]:
@@ -180,6 +165,8 @@ def swd_descriptors(images: np.ndarray | Iterable[np.ndarray], *, seed: int = 0,
   shape = None
   for batch in iterate_batches(images, batch_size):
     batch = to_uint8(batch, drange)
+    if not batch.shape[0]:
+      continue
     if shape is None:
       shape = batch.shape[1:]
       resolutions = _check_shape(shape)
