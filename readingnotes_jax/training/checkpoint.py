@@ -27,7 +27,9 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta"))
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -52,6 +54,8 @@ class Checkpointer:
     where = self.directory / str(step)
     try:
       stored = self._manager.item_metadata(step)["state"]
+      if stored is None:
+        raise ValueError("no array metadata")
     except Exception as e:  # orbax raises many types for a damaged tree.
       raise UserError(f"checkpoint {where} is unreadable ({_short(e)}): move it aside to "
                       "resume from an earlier one, or use a new --workdir") from e
