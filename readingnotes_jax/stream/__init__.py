@@ -1,1 +1,1 @@
-"""stream."""
+"""Live video and model output in the browser over WebSocket: `python -m readingnotes_jax.stream`."""
