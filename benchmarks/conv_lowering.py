@@ -1,0 +1,57 @@
+"""GFLOP/s of the two conv2d lowerings, float32 and bfloat16, forward and forward+backward.
+
+Shape: 3x3 conv 512->512 at 32x32, batch 16 (the ProGAN 32x32 block). FLOPs are
+counted as 2*N*H*W*Cin*Cout*k*k forward and three times that forward+backward
+(gradients of input and kernel). Prints one JSON line.
+
+  python -m benchmarks.conv_lowering [--repeats 5]
+"""
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+from readingnotes_jax.nn.conv import conv2d
+
+
+def _seconds(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--size", type=int, default=32)
+  parser.add_argument("--channels", type=int, default=512)
+  args = parser.parse_args()
+  n, s, c, k = args.batch, args.size, args.channels, 3
+  flops = 2 * n * s * s * c * c * k * k
+  kx, kw = jax.random.split(jax.random.key(0))
+  result = {"device": jax.devices()[0].device_kind, "shape": [n, s, s, c, c, k],
+            "gflop_fwd": flops / 1e9}
+  for dtype in ("float32", "bfloat16"):
+    x = jax.random.normal(kx, (n, s, s, c), dtype)
+    w = jax.random.normal(kw, (k, k, c, c), dtype) * 0.02
+    for lowering in ("xla", "matmul"):
+      fwd = jax.jit(lambda x, w, lowering=lowering: conv2d(x, w, lowering=lowering))
+      loss = lambda x, w, lowering=lowering: jnp.sum(
+          conv2d(x, w, lowering=lowering).astype(jnp.float32))
+      fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+      t_fwd = _seconds(fwd, x, w, repeats=args.repeats)
+      t_both = _seconds(fwd_bwd, x, w, repeats=args.repeats)
+      result[f"{lowering}_{dtype}_fwd_gflops"] = round(flops / t_fwd / 1e9, 1)
+      result[f"{lowering}_{dtype}_fwd_bwd_gflops"] = round(3 * flops / t_both / 1e9, 1)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

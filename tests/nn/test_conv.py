@@ -1,0 +1,130 @@
+"""conv2d: both lowerings against a NumPy reference (values and gradients)."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn import conv
+
+# (kernel, stride, dilation, padding, input height, input width)
+CASES = [
+    (3, 1, 1, "SAME", 6, 5),
+    (1, 2, 1, "SAME", 7, 6),   # ResNet projection shortcut
+    (3, 1, 2, "SAME", 7, 8),   # dilated ResNet stage
+    (3, 1, 4, "SAME", 9, 9),
+    (7, 2, 1, "SAME", 9, 10),  # ResNet stem, odd size: asymmetric padding
+    (3, 2, 1, 1, 8, 7),
+    (3, 1, 1, "VALID", 5, 6),
+    (2, 2, 1, "SAME", 5, 5),
+]
+
+
+def _same_pads(size, k, s, d):
+  """TensorFlow's 'SAME': output ceil(size / s), the extra zero at the end."""
+  out = -(-size // s)
+  total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+  return total // 2, total - total // 2
+
+
+def _pads(size, k, s, d, padding):
+  if padding == "SAME":
+    return _same_pads(size, k, s, d)
+  p = 0 if padding == "VALID" else padding
+  return p, p
+
+
+def _conv_np(x, w, s, d, padding):
+  """y[n,p,q,o] = sum_ijc xpad[n, p*s + i*d, q*s + j*d, c] w[i,j,c,o], and its VJP."""
+  k = w.shape[0]
+  ph = _pads(x.shape[1], k, s, d, padding)
+  pw = _pads(x.shape[2], k, s, d, padding)
+  xp = np.pad(x.astype(np.float64), ((0, 0), ph, pw, (0, 0)))
+  oh = (xp.shape[1] - (k - 1) * d - 1) // s + 1
+  ow = (xp.shape[2] - (k - 1) * d - 1) // s + 1
+  y = np.zeros((x.shape[0], oh, ow, w.shape[-1]))
+  for p in range(oh):
+    for q in range(ow):
+      for i in range(k):
+        for j in range(k):
+          y[:, p, q] += xp[:, p * s + i * d, q * s + j * d] @ w[i, j]
+
+  def vjp(g):
+    gxp = np.zeros_like(xp)
+    gw = np.zeros(w.shape)
+    for p in range(oh):
+      for q in range(ow):
+        for i in range(k):
+          for j in range(k):
+            gxp[:, p * s + i * d, q * s + j * d] += g[:, p, q] @ w[i, j].T
+            gw[i, j] += xp[:, p * s + i * d, q * s + j * d].T @ g[:, p, q]
+    gx = gxp[:, ph[0]:ph[0] + x.shape[1], pw[0]:pw[0] + x.shape[2]]
+    return gx, gw
+
+  return y, vjp
+
+
+@pytest.fixture(scope="module")
+def arrays():
+  rng = np.random.default_rng(0)
+  return rng.normal(size=(2, 10, 10, 3)).astype(np.float32), rng
+
+
+@pytest.mark.parametrize("lowering", ["xla", "matmul"])
+@pytest.mark.parametrize("k,s,d,padding,h,w", CASES)
+def test_values_and_gradients_match_numpy(arrays, lowering, k, s, d, padding, h, w):
+  base, rng = arrays
+  x = base[:, :h, :w]
+  kernel = rng.normal(size=(k, k, 3, 4)).astype(np.float32)
+  ref, vjp = _conv_np(x, kernel, s, d, padding)
+  fn = lambda x, kernel: conv.conv2d(x, kernel, stride=s, dilation=d, padding=padding,
+                                     lowering=lowering)
+  out, pullback = jax.vjp(jax.jit(fn), x, kernel)
+  chex.assert_shape(out, ref.shape)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+  g = rng.normal(size=ref.shape).astype(np.float32)
+  gx, gw = pullback(jnp.asarray(g))
+  gx_ref, gw_ref = vjp(g.astype(np.float64))
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(gw, gw_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_same_padding_agrees_with_lax():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(1, 9, 10, 2)).astype(np.float32)
+  kernel = rng.normal(size=(4, 4, 2, 3)).astype(np.float32)
+  ref = jax.lax.conv_general_dilated(x, kernel, (2, 2), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  out = jax.jit(lambda x, k: conv.conv2d(x, k, stride=2, lowering="matmul"))(x, kernel)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lowerings_agree_in_bfloat16():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 8)) * 0.1, jnp.bfloat16)
+  a = conv.conv2d(x, kernel, lowering="xla")
+  b = conv.conv2d(x, kernel, lowering="matmul")
+  assert a.dtype == b.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                             rtol=0.05, atol=0.05)
+
+
+def test_default_lowering_on_this_backend():
+  if jax.default_backend() == "cpu":
+    assert conv.default_lowering() == "matmul"
+    assert conv.default_lowering(512) == "matmul"
+    assert conv.default_lowering(64) == "xla"
+  else:
+    assert conv.default_lowering() == conv.default_lowering(512) == "xla"
+
+
+def test_bad_arguments_are_user_errors():
+  x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
+  with pytest.raises(UserError):
+    conv.conv2d(x, kernel, lowering="winograd")
+  with pytest.raises(UserError):
+    conv.conv2d(x, jnp.zeros((3, 3, 5, 2)))
+  with pytest.raises(UserError):
+    conv.conv2d(x, kernel, stride=0)
