@@ -89,7 +89,7 @@ def _check_compatible(stored: Any, target: Any, where: pathlib.Path) -> None:
   """Raises UserError if the stored tree's paths, shapes or dtypes differ from `target`'s."""
   def describe(tree):
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+    return {"/".join(map(_key_name, path)): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
             for path, leaf in flat}
   try:
     have = describe(stored)
@@ -107,6 +107,14 @@ def _check_compatible(stored: Any, target: Any, where: pathlib.Path) -> None:
   raise UserError(f"checkpoint {where} does not match this config ({detail}; "
                   f"{len(missing)} missing, {len(extra)} unexpected, {len(changed)} changed): "
                   "use the config it was made with, or a new --workdir")
+
+
+def _key_name(key: Any) -> str:
+  """One path entry as stored by orbax, whatever the container (dict, namedtuple, list)."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
 
 
 def _short(e: Exception) -> str:

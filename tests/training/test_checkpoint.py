@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from readingnotes_jax.errors import UserError
@@ -9,8 +10,9 @@ from readingnotes_jax.training.checkpoint import Checkpointer
 
 
 def make_state(width=3):
+  adam = optax.scale_by_adam().init({"b": jnp.zeros((width,))})
   return {"w": jnp.arange(2 * width, dtype=jnp.float32).reshape(2, width),
-          "opt": (jnp.int32(7), {"mu": jnp.ones((width,), jnp.bfloat16)})}
+          "opt": (jnp.int32(7), {"mu": jnp.ones((width,), jnp.bfloat16)}), "adam": adam}
 
 
 def test_round_trip_from_a_new_instance(tmp_path):
@@ -32,7 +34,7 @@ def test_mismatched_shapes_name_the_leaf(tmp_path):
   saver = Checkpointer(tmp_path)
   saver.save(5, make_state(), {})
   saver.close()
-  with pytest.raises(UserError, match=r"\['mu'\] is \(\(3,\), 'bfloat16'\), the config needs \(\(4,\).*2 changed"):
+  with pytest.raises(UserError, match=r"adam/mu/b is \(\(3,\), 'float32'\), the config needs \(\(4,\).*4 changed"):
     Checkpointer(tmp_path).restore(make_state(width=4))
 
 
