@@ -20,9 +20,8 @@ Input: NHWC images, uint8 in [0, 255] (as the official code feeds its data set
 and its generator's outputs) or floats in `drange`, converted to uint8 exactly
 as the official `Gs.run(out_mul=127.5, out_add=127.5, out_dtype=np.uint8)` does.
 The official code wants 3 channels (it tiles grayscale to RGB); here any channel
-count works, and 1-channel images give descriptors of 7x7x1. Descriptor
-components are ordered (y, x, c) rather than the official (c, y, x): the random
-directions are isotropic, so the distribution of the distance is the same.
+count works, and 1-channel images give descriptors of 1x7x7 (tiling to RGB
+first, as the official evaluation does, changes the value slightly).
 
 Randomness comes from NumPy generators seeded by the caller, so a result is
 deterministic given its seeds. The official code's one undefined case, a set whose
@@ -104,10 +103,13 @@ def pyramid_resolutions(resolution: int) -> list[int]:
 
 def sample_patches(level: np.ndarray, rng: np.random.Generator, patches_per_image: int = 128,
                    patch_size: int = 7) -> np.ndarray:
-  """Random `patch_size`^2 x C neighbourhoods of each NHWC image: (N * patches, p, p, C).
+  """Random neighbourhoods of each NHWC image: (N * patches, C, p, p), laid out (c, x, y).
 
-  Centres are uniform over [p//2, size - p//2) on each axis, drawn x first, then y,
-  as the official `get_descriptors_for_minibatch`.
+  Centres are uniform over [p//2, size - p//2) on each axis, drawn x first, then y.
+  The layout is the official `get_descriptors_for_minibatch`'s: its `ogrid` puts
+  the column offset on axis 2 and the row offset on axis 3, so each patch is
+  transposed (harmless for SWD, kept so that equal random draws give equal
+  descriptors).
   """
   n, h, w, _ = level.shape
   half = patch_size // 2
@@ -115,29 +117,29 @@ def sample_patches(level: np.ndarray, rng: np.random.Generator, patches_per_imag
   image = np.repeat(np.arange(n), patches_per_image)
   x = rng.integers(half, w - half, size=count)
   y = rng.integers(half, h - half, size=count)
-  offsets = np.arange(-half, half + 1)
-  rows = (y[:, None] + offsets)[:, :, None]
-  cols = (x[:, None] + offsets)[:, None, :]
-  return level[image[:, None, None], rows, cols]
+  # (n, h - p + 1, w - p + 1, C, p, p) view of every window, indexed by its corner.
+  windows = np.lib.stride_tricks.sliding_window_view(level, (patch_size, patch_size), axis=(1, 2))
+  return windows[image, y - half, x - half].transpose(0, 1, 3, 2)
 
 
 def normalize_descriptors(patches: np.ndarray) -> np.ndarray:
-  """Per-channel standardized patches (M, p, p, C), flattened to (M, p * p * C) float32.
+  """Per-channel standardized patches (M, C, p, p), flattened to (M, C * p * p) float32.
 
-  Mean and standard deviation are over all patches and pixels of each channel
-  (official `finalize_descriptors`); a channel with standard deviation 0 is only
-  centred.
+  Mean and standard deviation (float32, as the official code) are over all
+  patches and pixels of each channel (official `finalize_descriptors`); a channel
+  with standard deviation 0 is only centred.
   """
-  mean = patches.mean(axis=(0, 1, 2), dtype=np.float64)
-  std = patches.std(axis=(0, 1, 2), dtype=np.float64)
-  std = np.where(std > 0, std, 1.0)
-  normalized = (patches - mean.astype(np.float32)) / std.astype(np.float32)
-  return normalized.reshape(patches.shape[0], -1).astype(np.float32, copy=False)
+  patches = np.asarray(patches, np.float32)
+  channels = np.ascontiguousarray(np.moveaxis(patches, 1, 0)).reshape(patches.shape[1], -1)
+  mean = channels.mean(axis=1)[:, None, None]
+  std = channels.std(axis=1)[:, None, None]
+  normalized = (patches - mean) / np.where(std > 0, std, np.float32(1))
+  return normalized.reshape(patches.shape[0], -1)
 
 
 @dataclasses.dataclass(frozen=True)
 class SWDDescriptors:
-  """Normalized descriptors of one image set, one (M, p * p * C) array per pyramid level."""
+  """Normalized descriptors of one image set, one (M, C * p * p) array per pyramid level."""
   resolutions: tuple[int, ...]
   levels: tuple[np.ndarray, ...]
 

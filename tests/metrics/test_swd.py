@@ -97,13 +97,14 @@ def test_sample_patches_are_windows_at_valid_centres():
   image, y, x = np.meshgrid(np.arange(n), np.arange(size), np.arange(size), indexing="ij")
   level = np.stack([image, y, x], axis=-1).astype(np.float32)
   patches = swd.sample_patches(level, np.random.default_rng(0), per_image, 7)
-  assert patches.shape == (n * per_image, 7, 7, 3)
-  centre_y, centre_x = patches[:, 3, 3, 1], patches[:, 3, 3, 2]
+  # Official layout (channel, x, y): element [k, c, i, j] is pixel (y + j - 3, x + i - 3).
+  assert patches.shape == (n * per_image, 3, 7, 7)
+  centre_y, centre_x = patches[:, 1, 3, 3], patches[:, 2, 3, 3]
   offsets = np.arange(-3, 4)
   expected = np.stack(np.broadcast_arrays(
       np.repeat(np.arange(n), per_image)[:, None, None],
-      centre_y[:, None, None] + offsets[None, :, None],
-      centre_x[:, None, None] + offsets[None, None, :]), axis=-1)
+      centre_y[:, None, None] + offsets[None, None, :],
+      centre_x[:, None, None] + offsets[None, :, None]), axis=1)
   np.testing.assert_array_equal(patches, expected)
   # Official randint(3, size - 3): every centre from 3 to size - 4, each drawn.
   assert set(centre_y.astype(int)) == set(range(3, size - 3))
@@ -112,14 +113,14 @@ def test_sample_patches_are_windows_at_valid_centres():
 
 def test_normalize_descriptors_per_channel():
   rng = np.random.default_rng(4)
-  patches = (rng.normal(size=(50, 7, 7, 2)) * [3.0, 0.5] + [10.0, -2.0]).astype(np.float32)
-  patches[..., 1] = 5.0  # A constant channel is only centred.
+  patches = (rng.normal(size=(50, 2, 7, 7)) * 3.0 + 10.0).astype(np.float32)
+  patches[:, 1] = 5.0  # A constant channel is only centred.
   out = swd.normalize_descriptors(patches)
   assert out.shape == (50, 98) and out.dtype == np.float32
-  channel0 = patches[..., 0].astype(np.float64)
+  channel0 = patches[:, 0].astype(np.float64)
   expected0 = (channel0 - channel0.mean()) / channel0.std()
-  np.testing.assert_allclose(out.reshape(50, 7, 7, 2)[..., 0], expected0, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(out.reshape(50, 7, 7, 2)[..., 1], 0.0)
+  np.testing.assert_allclose(out.reshape(50, 2, 7, 7)[:, 0], expected0, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(out.reshape(50, 2, 7, 7)[:, 1], 0.0)
 
 
 def test_sliced_wasserstein_one_dimensional_known_answers():
