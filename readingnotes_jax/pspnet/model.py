@@ -1,0 +1,182 @@
+"""PSPNet: dilated ResNet, pyramid pooling module, segmentation head, aux head, loss.
+
+Matches hszhao/semseg `model/pspnet.py` (`PPM`, `PSPNet`), the PyTorch rewrite of
+the authors' Caffe release (Zhao et al., "Pyramid Scene Parsing Network", CVPR
+2017, Sec. 3.2-3.3 and Fig. 3):
+- backbone: deep-stem ResNet-50/101/152 at output stride 8 (stage 3 dilation 2,
+  stage 4 dilation 4, strides on the 3x3 convs);
+- pyramid pooling on the 2048-channel stage-4 map: for each bin b in (1, 2, 3, 6)
+  adaptive average pooling to b x b (torch `AdaptiveAvgPool2d` bin boundaries),
+  1x1 conv 2048 -> 2048/len(bins) without bias, BN, ReLU, bilinear upsampling with
+  align_corners=True; concatenated after the input (4096 channels);
+- `cls` head: 3x3 conv -> 512, BN, ReLU, channel dropout (torch `Dropout2d`) 0.1,
+  1x1 conv with bias -> classes; `aux` head on stage 3 (1024 -> 256 -> classes);
+- logits upsampled (align_corners=True) to (H - 1) / 8 * zoom_factor + 1, i.e. to
+  the input size for zoom_factor 8; inputs need (H - 1) % 8 == 0 (crops 473, 713);
+- loss: cross entropy ignoring label 255, main + 0.4 * aux.
+New layers (PPM, heads) keep torch's default Conv2d initialisation, as semseg.
+"""
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn.batch_norm import BatchNorm
+from readingnotes_jax.nn.resize import resize_bilinear_align_corners
+from readingnotes_jax.nn.resnet import Conv2D, ResNet
+
+
+def adaptive_pool_matrix(in_size: int, bins: int) -> np.ndarray:
+  """[bins, in_size] averaging weights of torch's AdaptiveAvgPool on one axis.
+
+  Bin i averages [floor(i * in / bins), ceil((i + 1) * in / bins)); bins may
+  overlap when in_size is not a multiple of bins.
+  """
+  matrix = np.zeros((bins, in_size), np.float32)
+  for i in range(bins):
+    start, end = (i * in_size) // bins, -((-(i + 1) * in_size) // bins)
+    matrix[i, start:end] = 1.0 / (end - start)
+  return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, bins: int) -> jax.Array:
+  """NHWC adaptive average pooling to [N, bins, bins, C], computed in float32."""
+  rows = jnp.asarray(adaptive_pool_matrix(x.shape[1], bins))
+  cols = jnp.asarray(adaptive_pool_matrix(x.shape[2], bins))
+  return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, x.astype(jnp.float32),
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+class PyramidPooling(nn.Module):
+  """semseg `PPM`: [x, up(relu(bn(conv1x1(pool_b(x))))) for b in bins] on channels.
+
+  Submodules conv{k} / bn{k} for the k-th bin.
+  """
+  bins: Sequence[int] = (1, 2, 3, 6)
+  features: int = 512
+  dtype: Any = jnp.float32
+  lowering: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    size = x.shape[1:3]
+    branches = [x.astype(self.dtype)]
+    for k, b in enumerate(self.bins):
+      y = Conv2D(self.features, 1, dtype=self.dtype, lowering=self.lowering,
+                 name=f"conv{k}")(adaptive_avg_pool(x, b))
+      y = nn.relu(BatchNorm(dtype=self.dtype, name=f"bn{k}")(y, use_running_average=not train))
+      branches.append(resize_bilinear_align_corners(y, size))
+    return jnp.concatenate(branches, axis=-1)
+
+
+class SegmentationHead(nn.Module):
+  """semseg `cls` / `aux`: 3x3 conv (no bias), BN, ReLU, Dropout2d, 1x1 conv (bias).
+
+  Submodules conv, bn, classifier.
+  """
+  features: int
+  num_classes: int
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+  lowering: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = Conv2D(self.features, 3, padding=1, dtype=self.dtype, lowering=self.lowering,
+               name="conv")(x)
+    x = nn.relu(BatchNorm(dtype=self.dtype, name="bn")(x, use_running_average=not train))
+    # torch Dropout2d drops whole channels: one mask entry per (image, channel).
+    x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
+    return Conv2D(self.num_classes, 1, use_bias=True, dtype=self.dtype, lowering=self.lowering,
+                  name="classifier")(x)
+
+
+class PSPNet(nn.Module):
+  """Pyramid Scene Parsing Network (see the module docstring).
+
+  Attributes:
+    num_classes: output classes (150 ADE20K, 21 VOC, 19 Cityscapes).
+    layers: backbone depth, 50, 101 or 152.
+    bins: pyramid pooling bin sizes; each branch has 2048 / len(bins) channels.
+    dropout: channel-dropout rate in both heads.
+    use_aux: build the auxiliary head on stage 3 (its parameters exist whatever
+      the mode; it runs only in training).
+    zoom_factor: 1, 2, 4 or 8; logits come out at (H - 1) / 8 * zoom_factor + 1.
+    dtype: compute dtype (float32 parameters and BN statistics; float32 logits).
+    lowering: conv2d lowering, "xla", "matmul" or None (per platform).
+
+  `__call__(images_nhwc, *, train)`: images [N, H, W, 3] with (H - 1) % 8 == 0 and
+  (W - 1) % 8 == 0. Returns float32 logits [N, h, w, num_classes] when
+  train=False; when train=True, a pair (logits, aux_logits) with aux_logits of
+  the same shape, or None without the aux head. Training needs
+  `rngs={"dropout": key}` and `mutable=["batch_stats"]`.
+  Submodules: backbone (`ResNet`), ppm, cls, aux.
+  """
+  num_classes: int
+  layers: int = 50
+  bins: Sequence[int] = (1, 2, 3, 6)
+  dropout: float = 0.1
+  use_aux: bool = True
+  zoom_factor: int = 8
+  dtype: Any = jnp.float32
+  lowering: str | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool):
+    if images.ndim != 4 or (images.shape[1] - 1) % 8 or (images.shape[2] - 1) % 8:
+      raise UserError(f"PSPNet wants NHWC images with (H - 1) % 8 == 0 and (W - 1) % 8 == 0 "
+                      f"(e.g. 473x473, 713x713), got shape {images.shape}: crop or pad")
+    if self.zoom_factor not in (1, 2, 4, 8) or 2048 % len(self.bins):
+      raise UserError(f"PSPNet zoom_factor must be 1, 2, 4 or 8 and len(bins) divide 2048; "
+                      f"got {self.zoom_factor} and {tuple(self.bins)}")
+    size = tuple((s - 1) // 8 * self.zoom_factor + 1 for s in images.shape[1:3])
+    features = ResNet(self.layers, output_stride=8, deep_stem=True, outputs=("layer3", "layer4"),
+                      dtype=self.dtype, lowering=self.lowering, name="backbone")(
+                          images, train=train)
+    x = PyramidPooling(self.bins, 2048 // len(self.bins), dtype=self.dtype,
+                       lowering=self.lowering, name="ppm")(features["layer4"], train=train)
+    logits = SegmentationHead(512, self.num_classes, self.dropout, dtype=self.dtype,
+                              lowering=self.lowering, name="cls")(x, train=train)
+    logits = resize_bilinear_align_corners(logits.astype(jnp.float32), size)
+    aux_logits = None
+    if self.use_aux and (train or self.is_initializing()):
+      aux_logits = SegmentationHead(256, self.num_classes, self.dropout, dtype=self.dtype,
+                                    lowering=self.lowering, name="aux")(
+                                        features["layer3"], train=train)
+      aux_logits = resize_bilinear_align_corners(aux_logits.astype(jnp.float32), size)
+    return (logits, aux_logits) if train else logits
+
+
+def cross_entropy_ignore(logits: jax.Array, labels: jax.Array,
+                         ignore_label: int = 255) -> jax.Array:
+  """Mean softmax cross entropy over pixels whose label is not `ignore_label`.
+
+  torch `nn.CrossEntropyLoss(ignore_index=255)` (mean over valid pixels); 0 when
+  no pixel is valid (torch gives NaN). Labels must be in [0, C) or ignore_label.
+  """
+  if logits.shape[:-1] != labels.shape:
+    raise UserError(f"logits {logits.shape} and labels {labels.shape} disagree: labels must "
+                    f"be [N, H, W] at the logits' resolution")
+  valid = labels != ignore_label
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, jnp.where(valid, labels, 0)[..., None], axis=-1)
+  total = -jnp.sum(jnp.where(valid, picked[..., 0], 0.0))
+  return total / jnp.maximum(jnp.sum(valid), 1)
+
+
+def pspnet_loss(logits: jax.Array, aux_logits: jax.Array | None, labels: jax.Array,
+                aux_weight: float = 0.4,
+                ignore_label: int = 255) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """semseg `tool/train.py`: main_loss + aux_weight * aux_loss.
+
+  Returns (loss, {"main_loss", "aux_loss"}) (aux_loss 0 without aux logits),
+  ready for `jax.value_and_grad(..., has_aux=True)`.
+  """
+  main = cross_entropy_ignore(logits, labels, ignore_label)
+  aux = (jnp.zeros((), jnp.float32) if aux_logits is None
+         else cross_entropy_ignore(aux_logits, labels, ignore_label))
+  return main + aux_weight * aux, {"main_loss": main, "aux_loss": aux}

@@ -1,0 +1,174 @@
+"""PSPNet parts: parameter counts, adaptive pooling, pyramid pooling, heads, loss.
+
+The whole network against PyTorch is in test_convert.py.
+"""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from readingnotes_jax.errors import UserError
+from readingnotes_jax.pspnet.model import (PSPNet, PyramidPooling, SegmentationHead,
+                                           adaptive_avg_pool, cross_entropy_ignore, pspnet_loss)
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _init_shapes(model, shape=(1, 33, 33, 3), train=False):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=train))
+
+
+# The authors' PyTorch PSPNet-50 for ADE20K (150 classes), BN scale and bias
+# counted, running statistics not. ResNet-101 adds 17 layer3 blocks of
+# 2 * (1024*256 + 256*256*9 + 256*1024 + BN 2*(256+256+1024)).
+@pytest.mark.parametrize("layers,use_aux,count", [
+    (50, True, 49_180_908), (50, False, 46_782_550),
+    (101, True, 49_180_908 + 17 * (2 * 1024 * 256 + 9 * 256 * 256 + 2 * (256 + 256 + 1024)))])
+def test_parameter_count(layers, use_aux, count):
+  assert _count(_init_shapes(PSPNet(150, layers=layers, use_aux=use_aux))["params"]) == count
+
+
+def test_parameter_count_matches_torch_peer():
+  torch_pspnet = pytest.importorskip("benchmarks.torch_pspnet")
+  for use_aux in (True, False):
+    net = torch_pspnet.PSPNet(50, classes=150, use_aux=use_aux)
+    want = sum(p.numel() for p in net.parameters())
+    assert _count(_init_shapes(PSPNet(150, use_aux=use_aux))["params"]) == want
+
+
+def test_output_shapes_and_dtypes():
+  model = PSPNet(7, dtype=jnp.bfloat16)
+  variables = _init_shapes(model, (2, 41, 49, 3))
+  assert set(variables["params"]) == {"backbone", "ppm", "cls", "aux"}
+  assert jax.tree.map(lambda x: x.dtype, variables) == jax.tree.map(lambda x: jnp.float32,
+                                                                     variables)
+  x = jnp.zeros((2, 41, 49, 3))
+  logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert logits.shape == (2, 41, 49, 7) and logits.dtype == jnp.float32
+  (main, aux), _ = jax.eval_shape(
+      lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)},
+                            mutable=["batch_stats"]), variables)
+  assert main.shape == aux.shape == (2, 41, 49, 7)
+  zoomed = jax.eval_shape(lambda v: model.clone(zoom_factor=2).apply(v, x, train=False), variables)
+  assert zoomed.shape == (2, 11, 13, 7)
+
+
+def test_without_aux_head():
+  model = PSPNet(5, use_aux=False)
+  variables = _init_shapes(model, train=True)
+  assert "aux" not in variables["params"]
+  (_, aux), _ = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((1, 33, 33, 3)), train=True,
+                            rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]),
+      variables)
+  assert aux is None
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 33, 3), (33, 33, 3)])
+def test_bad_image_shape_raises(shape):
+  with pytest.raises(UserError, match="H - 1"):
+    _init_shapes(PSPNet(5), shape)
+
+
+def _numpy_adaptive_pool(x, bins):
+  """Bin i of n covers [floor(i n / b), ceil((i + 1) n / b)) on each axis."""
+  n, h, w, c = x.shape
+  out = np.zeros((n, bins, bins, c))
+  for i in range(bins):
+    for j in range(bins):
+      y0, y1 = int(np.floor(i * h / bins)), int(np.ceil((i + 1) * h / bins))
+      x0, x1 = int(np.floor(j * w / bins)), int(np.ceil((j + 1) * w / bins))
+      out[:, i, j] = x[:, y0:y1, x0:x1].mean(axis=(1, 2))
+  return out
+
+
+@pytest.mark.parametrize("size", [(7, 9), (60, 60), (5, 4)])
+@pytest.mark.parametrize("bins", [1, 2, 3, 6])
+def test_adaptive_avg_pool(size, bins):
+  x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
+  got = adaptive_avg_pool(jnp.asarray(x), bins)
+  np.testing.assert_allclose(got, _numpy_adaptive_pool(x, bins), atol=1e-5)
+  torch = pytest.importorskip("torch")
+  want = torch.nn.AdaptiveAvgPool2d(bins)(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_pyramid_pooling_matches_torch(train):
+  torch = pytest.importorskip("torch")
+  torch_pspnet = pytest.importorskip("benchmarks.torch_pspnet")
+  torch.manual_seed(0)
+  ppm = torch_pspnet.PPM(16, 4, (1, 2, 3, 6)).train(train)
+  variables = {"params": {}, "batch_stats": {}}
+  for k, branch in enumerate(ppm.features):
+    conv, bn = branch[1], branch[2]
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    variables["params"][f"conv{k}"] = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 1, 0)}
+    variables["params"][f"bn{k}"] = {"scale": bn.weight.detach().numpy().copy(),
+                                     "bias": bn.bias.detach().numpy().copy()}
+    variables["batch_stats"][f"bn{k}"] = {"mean": bn.running_mean.numpy().copy(),
+                                          "var": bn.running_var.numpy().copy()}
+  x = np.random.default_rng(1).normal(size=(3, 16, 11, 9)).astype(np.float32)
+  with torch.no_grad():
+    want = ppm(torch.from_numpy(x)).numpy()
+  got, _ = PyramidPooling((1, 2, 3, 6), 4, lowering="xla").apply(
+      variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=train, mutable=["batch_stats"])
+  assert got.shape == (3, 11, 9, 32)
+  np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, atol=1e-4)
+
+
+def test_head_dropout_drops_whole_channels():
+  """torch Dropout2d: one keep/drop draw per (image, channel), kept values scaled by 2."""
+  head = SegmentationHead(64, 3, dropout=0.5, lowering="xla")
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 5, 8)), jnp.float32)
+  variables = head.init(jax.random.key(0), x, train=False)
+  _, state = head.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)},
+                        mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+  captured = flax.traverse_util.flatten_dict(state["intermediates"])
+  before = np.maximum(np.asarray(captured[("bn", "__call__")][0]), 0)
+  after = np.asarray(captured[("Dropout_0", "__call__")][0])
+  dropped = np.all(after == 0, axis=(1, 2))
+  kept = np.all(np.isclose(after, 2 * before), axis=(1, 2))
+  assert np.all(dropped | kept) and dropped.any() and kept.any()
+
+
+def test_loss_matches_torch_and_formula():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(2, 5, 6, 4)).astype(np.float32) * 3
+  aux = rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, size=(2, 5, 6))
+  labels[0, :2] = 255
+  loss, parts = pspnet_loss(jnp.asarray(logits), jnp.asarray(aux), jnp.asarray(labels))
+
+  def numpy_ce(z):
+    log_p = z - z.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    valid = labels != 255
+    return -np.take_along_axis(log_p, np.where(valid, labels, 0)[..., None], -1)[..., 0][
+        valid].mean()
+
+  np.testing.assert_allclose(parts["main_loss"], numpy_ce(logits), rtol=1e-5)
+  np.testing.assert_allclose(parts["aux_loss"], numpy_ce(aux), rtol=1e-5)
+  np.testing.assert_allclose(loss, numpy_ce(logits) + 0.4 * numpy_ce(aux), rtol=1e-5)
+  torch = pytest.importorskip("torch")
+  criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+  nchw = lambda z: torch.from_numpy(z.transpose(0, 3, 1, 2))
+  want = (criterion(nchw(logits), torch.from_numpy(labels))
+          + 0.4 * criterion(nchw(aux), torch.from_numpy(labels)))
+  np.testing.assert_allclose(loss, want.item(), rtol=1e-5)
+
+
+def test_loss_edge_cases():
+  logits = jnp.zeros((1, 2, 2, 3))
+  assert cross_entropy_ignore(logits, jnp.full((1, 2, 2), 255)) == 0.0
+  loss, parts = pspnet_loss(logits, None, jnp.zeros((1, 2, 2), jnp.int32))
+  np.testing.assert_allclose(loss, np.log(3), rtol=1e-6)
+  assert parts["aux_loss"] == 0.0
+  with pytest.raises(UserError, match="labels"):
+    pspnet_loss(logits, None, jnp.zeros((1, 3, 2), jnp.int32))
