@@ -14,9 +14,9 @@ TensorFlow models `msssim.py`, after Wang, Simoncelli and Bovik 2003):
   MATLAB's `fspecial`.
 - Per-scale means clipped at 0, then MS-SSIM = prod_{j<5} cs_j^w_j * ssim_5^w_5.
 
-The variation score (ProGAN paper, Section 5; official `API.feed`) is the mean
-MS-SSIM of consecutive pairs (0, 1), (2, 3), ... of generated images: low means
-varied samples. Inputs are NHWC, uint8 in [0, 255] or floats in `drange`,
+The variation score (ProGAN paper, Table 1, after Odena et al.; official
+`API.feed`) is the mean MS-SSIM of consecutive pairs (0, 1), (2, 3), ... of
+generated images: low means varied samples. Inputs are NHWC, uint8 in [0, 255] or floats in `drange`,
 converted to uint8 as the official code does (see `metrics.images.to_uint8`).
 Computed in float64 with the separable form of the Gaussian window. The official
 code's FFT convolution transforms the float32 images in single precision; the two

@@ -1,7 +1,7 @@
 """Sliced Wasserstein distance (SWD) between two image sets, ProGAN's protocol.
 
 Matches `metrics/sliced_wasserstein.py` of tkarras/progressive_growing_of_gans
-(ProGAN paper, Section 5 and Appendix D):
+(ProGAN paper, Section 5):
 
 1. Each image is split into a Laplacian pyramid from full resolution down to
    16 px with cv2.pyrDown / cv2.pyrUp (5x5 binomial filter, reflect-101 borders),
@@ -133,7 +133,8 @@ def normalize_descriptors(patches: np.ndarray) -> np.ndarray:
   channels = np.ascontiguousarray(np.moveaxis(patches, 1, 0)).reshape(patches.shape[1], -1)
   mean = channels.mean(axis=1)[:, None, None]
   std = channels.std(axis=1)[:, None, None]
-  normalized = (patches - mean) / np.where(std > 0, std, np.float32(1))
+  normalized = patches - mean
+  normalized /= np.where(std > 0, std, np.float32(1))
   return normalized.reshape(patches.shape[0], -1)
 
 
