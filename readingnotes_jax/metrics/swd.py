@@ -20,8 +20,9 @@ Input: NHWC images, uint8 in [0, 255] (as the official code feeds its data set
 and its generator's outputs) or floats in `drange`, converted to uint8 exactly
 as the official `Gs.run(out_mul=127.5, out_add=127.5, out_dtype=np.uint8)` does.
 The official code wants 3 channels (it tiles grayscale to RGB); here any channel
-count works, and 1-channel images give descriptors of 1x7x7 (tiling to RGB
-first, as the official evaluation does, changes the value slightly).
+count works, and 1-channel images give descriptors of 1x7x7 (tiling them to RGB
+first, as the official evaluation does, moves the value by less than its
+seed-to-seed spread).
 
 Randomness comes from NumPy generators seeded by the caller, so a result is
 deterministic given its seeds. The official code's one undefined case, a set whose
