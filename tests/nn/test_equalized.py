@@ -52,15 +52,14 @@ class EqualizedConvTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_matches_numpy(self):
     x = np.random.default_rng(2).normal(size=(2, 6, 5, 3)).astype(np.float32)
-    for k, gain in ((3, math.sqrt(2)), (1, 1.0)):
-      for lowering in ("xla", "matmul"):
-        layer = EqualizedConv(4, kernel_size=k, gain=gain, lowering=lowering)
-        params = layer.init(jax.random.key(k), x)["params"]
-        params = {"kernel": params["kernel"], "bias": params["bias"] + 0.3}
-        out = self.variant(layer.apply)({"params": params}, x)
-        w = np.asarray(params["kernel"]) * gain / math.sqrt(k * k * 3)
-        np.testing.assert_allclose(out, _conv_same_np(x, w) + 0.3, rtol=1e-4, atol=1e-4,
-                                   err_msg=f"k={k} lowering={lowering}")
+    for k, gain, lowering in ((3, math.sqrt(2), "matmul"), (1, 1.0, "xla")):
+      layer = EqualizedConv(4, kernel_size=k, gain=gain, lowering=lowering)
+      params = layer.init(jax.random.key(k), x)["params"]
+      params = {"kernel": params["kernel"], "bias": params["bias"] + 0.3}
+      out = self.variant(layer.apply)({"params": params}, x)
+      w = np.asarray(params["kernel"]) * gain / math.sqrt(k * k * 3)
+      np.testing.assert_allclose(out, _conv_same_np(x, w) + 0.3, rtol=1e-4, atol=1e-4,
+                                 err_msg=f"k={k} lowering={lowering}")
 
   def test_init_is_standard_normal_and_zero_bias(self):
     params = EqualizedConv(64).init(jax.random.key(3), jnp.zeros((1, 4, 4, 64)))["params"]
