@@ -45,6 +45,9 @@ class Checkpointer:
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores checkpoint `step` (default latest) with `target`'s structure and shardings.
 
+    The stored device layout does not matter: a checkpoint written on 8 devices
+    restores onto 1 and vice versa (NumPy leaves of `target` land on one device).
+
     Raises UserError naming the checkpoint when it is unreadable or does not
     match `target` (another config, another model).
     """
@@ -81,8 +84,9 @@ class Checkpointer:
 def _abstract(x: Any) -> Any:
   if isinstance(x, jax.Array):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-  x = np.asarray(x)
-  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+  x = np.asarray(x)  # Host values restore onto this process's first device.
+  return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
 def _check_compatible(stored: Any, target: Any, where: pathlib.Path) -> None:

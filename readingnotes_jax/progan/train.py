@@ -1,0 +1,401 @@
+"""ProGAN training and evaluation: WGAN-GP, progressive growing, EMA generator, exact resume.
+
+Matches train.py (`train_progressive_gan`, `process_reals`) and loss.py
+(`G_wgan_acgan`, `D_wgangp_acgan`) of tkarras/progressive_growing_of_gans:
+one D step then one G step per minibatch; Adam(0, 0.99, 1e-8) whose state is
+reset whenever lod's floor or ceiling changes (every phase change); generator
+EMA with beta 0.999 (`Gs`) used for samples and metrics. Losses are averaged
+over the minibatch (the official code sums per GPU; Adam is invariant to the
+scale).
+
+Steps are compiled once per (level, fading): the fade factor `alpha` and the
+learning rates are traced arguments. Everything a resumed run needs follows
+from the checkpoint: parameters and optimizer states (arrays) and the step,
+images seen and phase (meta); data order and random keys are functions of
+(seed, images seen) and (seed, step).
+"""
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn.resample import downsample_avg_2x, upsample_nearest_2x
+from readingnotes_jax.progan import data as progan_data
+from readingnotes_jax.progan import evaluation
+from readingnotes_jax.progan.model import Discriminator, Generator
+from readingnotes_jax.progan.schedule import Schedule, Stage
+from readingnotes_jax.training import figures, loop, mesh as mesh_lib
+from readingnotes_jax.training.checkpoint import Checkpointer
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_models(config: ml_collections.ConfigDict) -> tuple[Generator, Discriminator]:
+  m = config.model
+  if m.dtype not in _DTYPES:
+    raise UserError(f"model.dtype={m.dtype!r}: use one of {sorted(_DTYPES)}")
+  common = dict(resolution=m.resolution, num_channels=m.num_channels, label_size=m.label_size,
+                fmap_base=m.fmap_base, fmap_decay=m.fmap_decay, fmap_max=m.fmap_max,
+                dtype=_DTYPES[m.dtype], lowering=m.lowering or None)
+  return (Generator(latent_size=m.latent_size, **common),
+          Discriminator(mbstd_group_size=m.mbstd_group_size, **common))
+
+
+def build_schedule(config: ml_collections.ConfigDict, num_devices: int) -> Schedule:
+  s = config.schedule
+  return Schedule(final_resolution=config.model.resolution, start_resolution=s.start_resolution,
+                  training_kimg=s.training_kimg, transition_kimg=s.transition_kimg,
+                  total_kimg=s.total_kimg, minibatch_base=s.minibatch_base,
+                  minibatch=s.minibatch, g_lr_base=s.g_lr_base, d_lr_base=s.d_lr_base,
+                  g_lr=s.g_lr, d_lr=s.d_lr, batch_multiple=num_devices)
+
+
+def _adam(config):
+  o = config.optimizer
+  return optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps)
+
+
+def create_state(config, G: Generator, D: Discriminator, key: jax.Array) -> dict[str, Any]:
+  """Networks (all levels), EMA generator (a copy of G at init) and Adam states."""
+  m = config.model
+  kg, kd = jax.random.split(key)
+  latents = jnp.zeros((1, m.latent_size), jnp.float32)
+  labels = jnp.zeros((1, m.label_size), jnp.float32) if m.label_size else None
+  images = jnp.zeros((1, m.resolution, m.resolution, m.num_channels), jnp.float32)
+  g = G.init(kg, latents, labels)
+  d = D.init(kd, images)
+  adam = _adam(config)
+  return {"g": g, "d": d, "g_ema": jax.tree.map(jnp.copy, g),
+          "g_opt": adam.init(g), "d_opt": adam.init(d)}
+
+
+def reset_optimizers(config, state: dict[str, Any]) -> dict[str, Any]:
+  adam = _adam(config)
+  return {**state, "g_opt": adam.init(state["g"]), "d_opt": adam.init(state["d"])}
+
+
+def fade_reals(reals: jax.Array, alpha: jax.Array) -> jax.Array:
+  """Cross-fades real images between levels like the official `process_reals` (lerp by lod frac)."""
+  blurred = upsample_nearest_2x(downsample_avg_2x(reals))
+  return blurred + (reals - blurred) * alpha
+
+
+def train_step(state, batch, key, alpha, g_lr, d_lr, *, G, D, config, level, fading):
+  """One D step then one G step (loss.py `D_wgangp_acgan`, `G_wgan_acgan`), then the EMA update."""
+  lc, m = config.loss, config.model
+  adam = _adam(config)
+  reals = batch["image"]
+  if fading:
+    reals = fade_reals(reals, alpha)
+  n = reals.shape[0]
+  labels = jax.nn.one_hot(batch["label"], m.label_size) if m.label_size else None
+  key_d, key_mix, key_g = jax.random.split(key, 3)
+  gen = functools.partial(G.apply, level=level, alpha=alpha, fading=fading)
+  disc = functools.partial(D.apply, level=level, alpha=alpha, fading=fading)
+
+  def label_penalty(logits):
+    return optax.softmax_cross_entropy(logits, labels) if m.label_size else 0.0
+
+  def d_loss_fn(d_params):
+    latents = jax.random.normal(key_d, (n, m.latent_size))
+    fakes = jax.lax.stop_gradient(gen(state["g"], latents, labels))
+    real_scores, real_logits = disc(d_params, reals)
+    fake_scores, fake_logits = disc(d_params, fakes)
+    mix = jax.random.uniform(key_mix, (n, 1, 1, 1))
+    mixed = reals + (fakes - reals) * mix
+    mixed_grads = jax.grad(lambda x: jnp.sum(disc(d_params, x)[0]))(mixed)
+    norms = jnp.sqrt(jnp.sum(jnp.square(mixed_grads), axis=(1, 2, 3)))
+    penalty = jnp.square(norms - lc.wgan_target)
+    loss = (fake_scores - real_scores
+            + penalty * (lc.wgan_lambda / lc.wgan_target ** 2)
+            + jnp.square(real_scores) * lc.wgan_epsilon
+            + (label_penalty(real_logits) + label_penalty(fake_logits)) * lc.cond_weight)
+    return jnp.mean(loss), {"d_loss": jnp.mean(loss),
+                            "wasserstein": jnp.mean(real_scores - fake_scores),
+                            "gradient_penalty": jnp.mean(penalty)}
+
+  d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(state["d"])
+  d_updates, d_opt = adam.update(d_grads, state["d_opt"])
+  d_params = jax.tree.map(lambda p, u: p - d_lr * u, state["d"], d_updates)
+
+  def g_loss_fn(g_params):
+    latents = jax.random.normal(key_g, (n, m.latent_size))
+    scores, logits = disc(d_params, gen(g_params, latents, labels))
+    loss = -scores + label_penalty(logits) * lc.cond_weight
+    return jnp.mean(loss)
+
+  g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state["g"])
+  g_updates, g_opt = adam.update(g_grads, state["g_opt"])
+  g_params = jax.tree.map(lambda p, u: p - g_lr * u, state["g"], g_updates)
+  beta = config.g_ema_beta
+  g_ema = jax.tree.map(lambda e, p: p + (e - p) * beta, state["g_ema"], g_params)
+  new_state = {"g": g_params, "d": d_params, "g_ema": g_ema, "g_opt": g_opt, "d_opt": d_opt}
+  return new_state, {**d_metrics, "g_loss": g_loss}
+
+
+def make_train_step(config, G, D, mesh):
+  """`step(state, batch, key, alpha, g_lr, d_lr, level=, fading=)`, jitted over the mesh."""
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(functools.partial(train_step, G=G, D=D, config=config),
+                 static_argnames=("level", "fading"), donate_argnums=(0,),
+                 out_shardings=(replicated, replicated))
+
+
+def make_generate(G: Generator, final_resolution: int, chunk: int):
+  """`generate(params, latents, labels, stage)` -> NumPy images at the final resolution.
+
+  Lower levels are nearest-upsampled to the final size, as the official G does
+  for its output at lod > 0, so metrics compare like with like. Latents run in
+  chunks of `chunk` (the last one padded), so each stage compiles once.
+  """
+  @functools.partial(jax.jit, static_argnames=("level", "fading"))
+  def run(params, latents, labels, alpha, *, level, fading):
+    images = G.apply(params, latents, labels, level=level, alpha=alpha, fading=fading)
+    for _ in range(int(math.log2(final_resolution)) - level):
+      images = upsample_nearest_2x(images)
+    return images
+
+  def generate(params, latents, labels, stage: Stage) -> np.ndarray:
+    n = len(latents)
+    pad = -n % chunk
+    latents = np.pad(latents, ((0, pad), (0, 0)))
+    labels = None if labels is None else np.pad(labels, ((0, pad), (0, 0)))
+    out = [run(params, latents[i:i + chunk], None if labels is None else labels[i:i + chunk],
+               np.float32(stage.alpha), level=stage.level, fading=stage.fading)
+           for i in range(0, n + pad, chunk)]
+    return np.concatenate(jax.device_get(out))[:n]
+  return generate
+
+
+def _fixed_latents(config, count: int, salt: int) -> tuple[np.ndarray, np.ndarray | None]:
+  rng = np.random.default_rng([config.seed, salt])
+  latents = rng.standard_normal((count, config.model.latent_size)).astype(np.float32)
+  labels = None
+  if config.model.label_size:
+    labels = np.eye(config.model.label_size, dtype=np.float32)[
+        np.arange(count) % config.model.label_size]
+  return latents, labels
+
+
+class _Reporter:
+  """Evaluations and figures at the end of each phase and of the run."""
+
+  def __init__(self, config, workdir, G, data, writer):
+    self.config, self.writer = config, writer
+    self.figdir = workdir / "figures"
+    self.generate = make_generate(G, config.model.resolution, config.eval.batch_size)
+    self.data = data
+    self._evaluator = None
+
+  def evaluator(self):
+    if self._evaluator is None:
+      self._evaluator = evaluation.Evaluator(self.config, self.data)
+    return self._evaluator
+
+  def samples(self, params, stage: Stage) -> np.ndarray:
+    latents, labels = _fixed_latents(self.config, self.config.figures.grid_size, salt=1)
+    return self.generate(params, latents, labels, stage)
+
+  def end_of_phase(self, state, step: int, images_seen: int, stage: Stage, final: bool) -> dict:
+    params = state["g_ema"]
+    kind = "fade" if stage.fading else "stable"
+    name = "final" if final else f"phase{stage.phase:02d}_{stage.resolution}px_{kind}"
+    figures.save_image_grid(self.samples(params, stage), self.figdir / f"samples_{name}.png",
+                            ncols=int(math.sqrt(self.config.figures.grid_size)))
+    scores = self.evaluator().run(lambda z, y: self.generate(params, z, y, stage))
+    self.writer.write(step, images_seen=images_seen, resolution=stage.resolution,
+                      phase=stage.phase, **scores)
+    rows = [r for r in self.writer.rows() if "swd" in r]
+    kimg = [r["images_seen"] / 1000 for r in rows]
+    curves = {"average": [r["swd"] for r in rows]}
+    for level_name in rows[-1]["swd_levels"]:
+      curves[f"{level_name} px"] = [r["swd_levels"].get(level_name, float("nan")) for r in rows]
+    figures.save_curves(kimg, curves, self.figdir / "swd.png", xlabel="thousand real images shown",
+                        ylabel="SWD x1e3 (EMA generator)", title="Sliced Wasserstein distance")
+    if final:
+      self.interpolation(params, stage)
+    return scores
+
+  def interpolation(self, params, stage: Stage) -> None:
+    """Rows of spherical interpolations between pairs of fixed latents."""
+    rows, steps = 4, 10
+    ends, labels = _fixed_latents(self.config, 2 * rows, salt=2)
+    a, b = ends[:rows], ends[rows:]
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[None, :, None]
+    na, nb = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    omega = np.arccos(np.clip(np.sum(na * nb, axis=1), -1, 1))[:, None, None]
+    z = (np.sin((1 - t) * omega) * a[:, None] + np.sin(t * omega) * b[:, None]) / np.sin(omega)
+    z = z.reshape(rows * steps, -1).astype(np.float32)
+    y = None if labels is None else np.repeat(labels[:rows], steps, axis=0)
+    images = self.generate(params, z, y, stage)
+    figures.save_image_grid(images, self.figdir / "interpolation.png", ncols=steps)
+
+
+def _restore(config, workdir, state, ckpt: Checkpointer):
+  meta = {"step": 0, "images_seen": 0, "phase": 0, "done": False}
+  if ckpt.latest_step() is None:
+    return state, meta
+  state, meta = ckpt.restore(state)
+  if meta.get("seed") != config.seed:
+    raise UserError(f"checkpoint in {ckpt.directory} was made with seed {meta.get('seed')}, "
+                    f"the config has {config.seed}: use the same seed or a new --workdir")
+  return state, meta
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Trains (or resumes) ProGAN in `workdir`; returns the last evaluation's scores."""
+  if stop_after_steps is not None and stop_after_steps < 1:
+    raise UserError(f"--stop_after_steps={stop_after_steps}: give a positive number of steps")
+  loop.enable_compilation_cache()
+  mesh = mesh_lib.make_data_mesh(config.num_devices or None)
+  schedule = build_schedule(config, mesh.size)
+  G, D = build_models(config)
+  data = progan_data.TrainingData(config)
+  workdir = loop.check_workdir(workdir)
+  ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
+  replicated = mesh_lib.replicated(mesh)
+  state = jax.jit(functools.partial(create_state, config, G, D),
+                  out_shardings=replicated)(jax.random.key(config.seed))
+  state, meta = _restore(config, workdir, state, ckpt)
+  reset = jax.jit(functools.partial(reset_optimizers, config), out_shardings=replicated,
+                  donate_argnums=(0,))
+  loop.write_config(workdir, config)
+  writer = loop.MetricsWriter(workdir, meta["step"])
+  reporter = _Reporter(config, workdir, G, data, writer)
+  step_fn = make_train_step(config, G, D, mesh)
+  base_key = jax.random.key(config.seed)
+  step, images_seen, phase = meta["step"], meta["images_seen"], meta["phase"]
+  last_scores = {}
+
+  def save():
+    ckpt.save(step, state, {"step": step, "images_seen": images_seen, "phase": phase,
+                            "seed": config.seed, "done": images_seen >= schedule.total_images})
+
+  bar = loop.progress_bar(schedule.total_images, images_seen, unit="img")
+  rate = loop.Rate()
+  rate.update(images_seen)
+  history, steps_here, last_saved = [], 0, ckpt.latest_step()
+  try:
+    while images_seen < schedule.total_images:
+      stage = schedule.stage(images_seen)
+      batch = data.batch(images_seen, stage.batch_size, stage.resolution,
+                         jax.process_index(), jax.process_count())
+      state, metrics = step_fn(state, mesh_lib.shard_batch(batch, mesh),
+                               jax.random.fold_in(base_key, step), np.float32(stage.alpha),
+                               np.float32(stage.g_lr), np.float32(stage.d_lr),
+                               level=stage.level, fading=stage.fading)
+      step += 1
+      steps_here += 1
+      images_seen += stage.batch_size
+      history.append(metrics)
+      next_stage = schedule.stage(images_seen)
+      phase_over = next_stage.phase != phase or images_seen >= schedule.total_images
+      stopping = stop_after_steps is not None and steps_here >= stop_after_steps
+      if step % config.log_every_steps == 0 or phase_over or stopping:
+        means = loop.mean_metrics(history)
+        history = []
+        loop.check_finite(step, means, last_saved)
+        ips = rate.update(images_seen)
+        writer.write(step, images_seen=images_seen, resolution=stage.resolution,
+                     alpha=stage.alpha, images_per_second=ips, **means)
+        bar.set_postfix_str(
+            f"{stage.resolution}px {'fade %.2f' % stage.alpha if stage.fading else 'stable'} "
+            f"{ips:.0f} img/s D {means['d_loss']:.3f} G {means['g_loss']:.3f}", refresh=False)
+      bar.update(stage.batch_size)
+      if phase_over:
+        last_scores = reporter.end_of_phase(state, step, images_seen, stage,
+                                            final=images_seen >= schedule.total_images)
+        if next_stage.phase != phase:
+          state = reset(state)
+          phase = next_stage.phase
+      if phase_over or stopping or step % config.checkpoint_every_steps == 0:
+        save()
+        last_saved = step
+      if stopping:
+        break
+  finally:
+    bar.close()
+    ckpt.close()
+    data.close()
+  return last_scores
+
+
+def _load(config, workdir) -> tuple[Generator, dict[str, Any], dict[str, Any]]:
+  G, D = build_models(config)
+  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  if ckpt.latest_step() is None:
+    raise UserError(f"no checkpoint in {ckpt.directory}: train first with experiments.train")
+  abstract = jax.eval_shape(functools.partial(create_state, config, G, D), jax.random.key(0))
+  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  try:
+    state, meta = ckpt.restore(target)
+  finally:
+    ckpt.close()
+  return G, state, meta
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """SWD and MS-SSIM of the EMA generator of the latest checkpoint in `workdir`."""
+  G, state, meta = _load(config, workdir)
+  schedule = build_schedule(config, 1)
+  stage = schedule.stage(max(meta["images_seen"] - 1, 0))
+  generate = make_generate(G, config.model.resolution, config.eval.batch_size)
+  data = progan_data.TrainingData(config)
+  evaluator = evaluation.Evaluator(config, data)
+  data.close()
+  scores = evaluator.run(lambda z, y: generate(state["g_ema"], z, y, stage))
+  return {"step": meta["step"], "images_seen": meta["images_seen"],
+          "resolution": stage.resolution, **scores}
+
+
+def load_ema_generator(workdir: str):
+  """(generate_fn(latents) -> images in [-1, 1] NHWC float32, latent_size) from a workdir."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise UserError(f"{path} not found: point at a workdir written by experiments.train")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  G, state, meta = _load(config, workdir)
+  stage = build_schedule(config, 1).stage(max(meta["images_seen"] - 1, 0))
+  generate = make_generate(G, config.model.resolution, chunk=8)
+  labels_size = config.model.label_size
+
+  def generate_fn(latents):
+    labels = None
+    if labels_size:
+      labels = np.eye(labels_size, dtype=np.float32)[np.arange(len(latents)) % labels_size]
+    return generate(state["g_ema"], np.asarray(latents, np.float32), labels, stage)
+  return generate_fn, config.model.latent_size
+
+
+def summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Parameter counts (all levels) and FLOPs of one train step at the final resolution."""
+  G, D = build_models(config)
+  schedule = build_schedule(config, 1)
+  abstract = jax.eval_shape(functools.partial(create_state, config, G, D), jax.random.key(0))
+  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  stage = schedule.stage(schedule.total_images - 1)
+  m = config.model
+  batch = {"image": jax.ShapeDtypeStruct((stage.batch_size, m.resolution, m.resolution,
+                                          m.num_channels), jnp.float32),
+           "label": jax.ShapeDtypeStruct((stage.batch_size,), jnp.int32)}
+  f32 = jax.ShapeDtypeStruct((), jnp.float32)
+  step = jax.jit(functools.partial(train_step, G=G, D=D, config=config),
+                 static_argnames=("level", "fading"))
+  lowered = step.lower(abstract, batch, jax.eval_shape(lambda: jax.random.key(0)), f32, f32, f32,
+                       level=stage.level, fading=False)
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan")))
+  return {"params": {"generator": count(abstract["g"]), "discriminator": count(abstract["d"])},
+          "flops_per_step": flops, "batch_size": stage.batch_size,
+          "resolution": m.resolution, "flops_per_image": flops / stage.batch_size}
