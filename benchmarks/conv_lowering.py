@@ -2,12 +2,14 @@
 
 Shape: 3x3 conv 512->512 at 32x32, batch 16 (the ProGAN 32x32 block). FLOPs are
 counted as 2*N*H*W*Cin*Cout*k*k forward and three times that forward+backward
-(gradients of input and kernel). Prints one JSON line.
+(gradients of input and kernel). Prints one JSON line; the load averages
+in it tell whether other processes shared the CPU during the run.
 
   python -m benchmarks.conv_lowering [--repeats 5]
 """
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -37,7 +39,7 @@ def main() -> None:
   flops = 2 * n * s * s * c * c * k * k
   kx, kw = jax.random.split(jax.random.key(0))
   result = {"device": jax.devices()[0].device_kind, "shape": [n, s, s, c, c, k],
-            "gflop_fwd": flops / 1e9}
+            "gflop_fwd": flops / 1e9, "load_average_before": os.getloadavg()[0]}
   for dtype in ("float32", "bfloat16"):
     x = jax.random.normal(kx, (n, s, s, c), dtype)
     w = jax.random.normal(kw, (k, k, c, c), dtype) * 0.02
@@ -50,6 +52,7 @@ def main() -> None:
       t_both = _seconds(fwd_bwd, x, w, repeats=args.repeats)
       result[f"{lowering}_{dtype}_fwd_gflops"] = round(flops / t_fwd / 1e9, 1)
       result[f"{lowering}_{dtype}_fwd_bwd_gflops"] = round(3 * flops / t_both / 1e9, 1)
+  result["load_average_after"] = os.getloadavg()[0]
   print(json.dumps(result))
 
 

@@ -1,6 +1,6 @@
 """ProGAN generator and discriminator (Karras et al., ICLR 2018), NHWC.
 
-Match networks.py `G_paper` and `D_paper` in tkarras/progressive_growing_of_gans
+Matches networks.py `G_paper` and `D_paper` in tkarras/progressive_growing_of_gans
 with their defaults use_wscale, use_pixelnorm, use_leakyrelu and
 normalize_latents on, written with separate nearest upsampling / average
 pooling and convolutions (the paper's description; the official default
@@ -19,6 +19,10 @@ never recompiles. With `fading=True`:
   D(x) = rest(lerp(FromRGB_{level-1}(downsample(x)), block_level(FromRGB_level(x)), alpha))
 
 as the official `grow` functions do with lod_in = log2(resolution) - level + 1 - alpha.
+The networks work at the current level's resolution; the official ones
+always produce / take full-resolution images, nearest-upscaled from /
+box-downscaled to that level, which is the same function: train with real
+images box-downsampled to the current level.
 
 Parameters of every level. `init` always builds the whole network, every
 block and every ToRGB / FromRGB, whatever `level` it is called with, so the
