@@ -2,8 +2,9 @@
 
 Shape: 3x3 conv 512->512 at 32x32, batch 16 (the ProGAN 32x32 block). FLOPs are
 counted as 2*N*H*W*Cin*Cout*k*k forward and three times that forward+backward
-(gradients of input and kernel). Prints one JSON line; the load averages
-in it tell whether other processes shared the CPU during the run.
+(gradients of input and kernel). Prints one JSON line with GFLOP/s (wall
+clock) and GFLOP per CPU-second of this process (less sensitive to other
+processes sharing the CPU; the load averages in the line tell whether they did).
 
   python -m benchmarks.conv_lowering [--repeats 5]
 """
@@ -18,14 +19,16 @@ import jax.numpy as jnp
 from readingnotes_jax.nn.conv import conv2d
 
 
-def _seconds(fn, *args, repeats: int) -> float:
+def _seconds(fn, *args, repeats: int) -> tuple[float, float]:
+  """Best wall-clock and best process CPU seconds of one call."""
   jax.block_until_ready(fn(*args))  # compile and warm up
-  best = float("inf")
+  wall = cpu = float("inf")
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best
+    wall = min(wall, time.perf_counter() - start)
+    cpu = min(cpu, time.process_time() - start_cpu)
+  return wall, cpu
 
 
 def main() -> None:
@@ -48,10 +51,10 @@ def main() -> None:
       loss = lambda x, w, lowering=lowering: jnp.sum(
           conv2d(x, w, lowering=lowering).astype(jnp.float32))
       fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-      t_fwd = _seconds(fwd, x, w, repeats=args.repeats)
-      t_both = _seconds(fwd_bwd, x, w, repeats=args.repeats)
-      result[f"{lowering}_{dtype}_fwd_gflops"] = round(flops / t_fwd / 1e9, 1)
-      result[f"{lowering}_{dtype}_fwd_bwd_gflops"] = round(3 * flops / t_both / 1e9, 1)
+      for name, fn, work in (("fwd", fwd, flops), ("fwd_bwd", fwd_bwd, 3 * flops)):
+        wall, cpu = _seconds(fn, x, w, repeats=args.repeats)
+        result[f"{lowering}_{dtype}_{name}_gflops"] = round(work / wall / 1e9, 1)
+        result[f"{lowering}_{dtype}_{name}_gflop_per_cpu_s"] = round(work / cpu / 1e9, 1)
   result["load_average_after"] = os.getloadavg()[0]
   print(json.dumps(result))
 
