@@ -192,3 +192,48 @@ def test_eight_devices_match_one(full_run, data_path, tmp_path):
   eight, meta_eight = final_state(tmp_path, config)
   assert meta_one == meta_eight
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
+
+
+def test_evaluate_command_prints_json_and_writes_eval_json(full_run, data_path, tmp_path):
+  workdir, scores = full_run
+  cfg = tmp_path / "tiny.py"
+  cfg.write_text(
+      "import pathlib, sys\n"
+      f"sys.path.insert(0, {str(ROOT / 'tests' / 'progan')!r})\n"
+      "from test_train import tiny_config\n"
+      f"def get_config(arg=''):\n  return tiny_config(pathlib.Path({str(data_path)!r}))\n")
+  r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--config={cfg}",
+                      f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  result = json.loads(r.stdout.strip().splitlines()[-1])
+  assert result == json.loads((workdir / "eval.json").read_text())
+  assert result["step"] == 16 and result["resolution"] == 16
+  # Same EMA generator, same evaluation seeds: the training run's final scores.
+  assert result["swd"] == pytest.approx(scores["swd"])
+  assert result["ms_ssim"] == pytest.approx(scores["ms_ssim"])
+
+
+def test_load_ema_generator_matches_the_checkpoint(full_run, data_path):
+  workdir, _ = full_run
+  generate, latent_size = train.load_ema_generator(str(workdir))
+  assert latent_size == 16
+  latents = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+  images = generate(latents)
+  config = tiny_config(data_path)
+  G, D = train.build_models(config)
+  state, _ = final_state(workdir, config)
+  expected = G.apply(state["g_ema"], latents, level=4)
+  np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-5)
+  assert images.shape == (3, 16, 16, 1)
+
+
+def test_summary_counts_parameters_of_every_level():
+  from experiments.configs.progan import celeba_hq_1024
+  result = train.summary(celeba_hq_1024.get_config())
+  # networks.py G_paper / D_paper at 1024: final-resolution layers plus the lower
+  # ToRGB (G) / FromRGB (D) layers kept for fading (tests/progan/test_progan_model.py
+  # derives both from the layer formulas).
+  assert result["params"] == {"generator": 23_071_507 + 7_608,
+                              "discriminator": 23_077_137 + 10_112}
+  assert result["flops_per_step"] > 16 * 1e12  # > 1 TFLOP per 1024x1024 image and step.
