@@ -237,3 +237,13 @@ def test_summary_counts_parameters_of_every_level():
   assert result["params"] == {"generator": 23_071_507 + 7_608,
                               "discriminator": 23_077_137 + 10_112}
   assert result["flops_per_step"] > 16 * 1e12  # > 1 TFLOP per 1024x1024 image and step.
+
+
+def test_stream_walks_the_latent_space_of_a_training_workdir(full_run):
+  """The live view's ProGAN source loads the EMA generator from the workdir written above."""
+  from readingnotes_jax.stream import sources
+  source = sources.progan_walk_source(str(full_run[0]))
+  frames = source.open()
+  first, second = next(frames), next(frames)
+  assert first.shape == (256, 256, 3) and first.dtype == np.uint8  # 16 px zoomed 16x.
+  assert first.std() > 0 and not np.array_equal(first, second)
