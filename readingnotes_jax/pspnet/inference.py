@@ -184,7 +184,7 @@ class Predictor:
 @dataclasses.dataclass
 class Evaluation:
   """Scores (`miou`, `macc`, `aacc`, per-class lists), the summed confusion matrix and
-  the first few (image, label, prediction) triples for figures."""
+  a few (image, label, prediction) triples for figures."""
   scores: dict[str, Any]
   confusion: np.ndarray
   examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -196,19 +196,22 @@ def evaluate_source(predictor: Predictor, source: Sequence[Mapping[str, Any]], *
   """Predicts the first `num_images` records of `source` (0: all) and scores them.
 
   Scores come from one confusion matrix summed over the data set (semseg
-  `cal_acc`); labels equal to 255 are ignored.
+  `cal_acc`); labels equal to 255 are ignored. `keep_examples` triples are
+  kept from records spread evenly over the evaluated ones (video data sets
+  list neighbouring frames together).
   """
   count = len(source) if num_images <= 0 else min(num_images, len(source))
   if count == 0:
     raise UserError("the evaluation split is empty: check the data folder")
   confusion = np.zeros((predictor.num_classes, predictor.num_classes), np.int64)
+  keep = set(np.linspace(0, count - 1, min(keep_examples, count)).round().astype(int).tolist())
   examples = []
   bar = loop.progress_bar(count, 0, unit="img") if progress else None
   for i in range(count):
     image, label = segmentation.image_and_label(source[i])
     prediction = predictor(image)
     confusion += confusion_matrix(prediction, label, predictor.num_classes)
-    if len(examples) < keep_examples:
+    if i in keep:
       examples.append((image, label, prediction))
     if bar is not None:
       bar.update(1)

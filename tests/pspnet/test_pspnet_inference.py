@@ -224,7 +224,10 @@ def test_evaluate_source_scores_a_known_case():
   assert result.scores["miou"] == pytest.approx(iou.mean())
   assert result.scores["macc"] == pytest.approx(acc.mean())
   assert result.scores["aacc"] == pytest.approx(9 / 11)
-  assert len(result.examples) == 1 and result.examples[0][1] is not None
+  assert len(result.examples) == 1
+  np.testing.assert_array_equal(result.examples[0][1], labels[0])
+  both = inference.evaluate_source(predictor, source, keep_examples=5, progress=False).examples
+  assert [e[1].tolist() for e in both] == [l.tolist() for l in labels]
 
 
 def test_predictor_rejects_a_grey_image():
