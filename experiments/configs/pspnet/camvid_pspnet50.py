@@ -45,5 +45,5 @@ def get_config(arg: str = ""):
     c.eval.batch_size = 4          # the 2x2 windows of a 160x120 image.
     c.eval.every_steps = 40
     c.eval.periodic_images = 20
-  apply_variant(c, arg.replace("runlocal", ""), ("ms",))
+  apply_variant(c, arg, ("runlocal", "ms"))
   return c
