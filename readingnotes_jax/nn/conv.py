@@ -13,16 +13,20 @@ Two lowerings compute the same convolution:
   channels on this project's CPUs), so `lowering=None` picks per layer with
   `default_lowering(channels)`. See benchmarks/conv_lowering.py.
 
-In bfloat16 (or float16) the "matmul" lowering accumulates the taps in
-float32 and casts once at the end, and its gradients, of every order, are
-low-precision products accumulated in float32 as well (`_matmul_f32`): on an
-AVX512-BF16 CPU without AMX (AMD EPYC Zen 4) XLA's bf16 x bf16 -> bf16 dot ran
-~40 GFLOP/s and bf16 x bf16 -> f32 ~90, against ~50 for float32; JAX's own
-gradient of an f32-accumulating dot would multiply a float32 cotangent by a
-bf16 operand, a float32 product. Measured 3x3 conv 512->512 at 32x32, batch
-16, loaded machine: forward 48 -> 109, forward+backward 41 -> 80 GFLOP/s;
-ProGAN's gradient-penalty double backward ~2x faster.
+The "matmul" lowering's gradients are written by hand for stride 1
+(`_conv_stride1`): the input gradient as the same shifted-matmul sum over the
+flipped kernel (so gradients of gradients, WGAN-GP's double backward, are too),
+the kernel gradient as one tap^T @ g product per tap. In bfloat16 (or float16)
+the products accumulate in float32 and the sum is cast once: on an AVX512-BF16
+CPU without AMX (AMD EPYC Zen 4) XLA's bf16 x bf16 -> bf16 dot ran ~40 GFLOP/s
+under load, bf16 x bf16 -> f32 ~90, float32 ~50. 3x3 conv 512->512 at 32x32,
+batch 16, that CPU, seconds forward / forward+backward / WGAN-GP-style
+gradient of a gradient: float32 0.59 / 1.96 / 3.85 with JAX's own gradients,
+0.59 / 1.48 / 2.54 with these; bfloat16 0.52 / 1.55 / 3.01 before, 0.33 /
+0.83 / 1.37 now.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -96,12 +100,110 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   return _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w)
 
 
+def _low_precision(dtype) -> bool:
+  return dtype in (jnp.bfloat16, jnp.float16)
+
+
+def _taps(x, kh, kw, stride, dilation, out_h, out_w):
+  """(i, j, x[:, i*d : ... : stride, j*d : ... : stride, :]) for each kernel tap of padded x."""
+  n, _, _, c = x.shape
+  for i in range(kh):
+    for j in range(kw):
+      yield i, j, jax.lax.slice(
+          x, (0, i * dilation, j * dilation, 0),
+          (n, i * dilation + (out_h - 1) * stride + 1, j * dilation + (out_w - 1) * stride + 1, c),
+          (1, stride, stride, 1))
+
+
+def _pad(x, pad_h, pad_w):
+  """Zero padding of the spatial axes; negative amounts crop (lax.pad semantics)."""
+  if pad_h == (0, 0) and pad_w == (0, 0):
+    return x
+  return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0)))
+
+
+def _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w):
+  """Sum over the kh*kw taps of (strided slice of padded x) @ kernel[i, j].
+
+  bfloat16 / float16 products accumulate in float32 and the sum is cast back
+  to the input dtype. Stride 1 has hand-written gradients (`_conv_stride1`);
+  other strides are differentiated by JAX through `_matmul_f32`.
+  """
+  kh, kw = kernel.shape[:2]
+  h, w = x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w)
+  out_h = (h - (kh - 1) * dilation - 1) // stride + 1
+  out_w = (w - (kw - 1) * dilation - 1) // stride + 1
+  if out_h < 1 or out_w < 1:
+    raise UserError(f"conv2d: input {h}x{w} (padded) is smaller than the "
+                    f"dilated kernel: use a larger input or more padding")
+  if stride == 1:
+    return _conv_stride1(x, kernel, dilation, pad_h, pad_w)
+  x = _pad(x, pad_h, pad_w)
+  c = x.shape[-1]
+  out = None
+  for i, j, tap in _taps(x, kh, kw, stride, dilation, out_h, out_w):
+    if _low_precision(x.dtype):
+      y = _matmul_f32(tap.reshape(-1, c), kernel[i, j]).reshape(tap.shape[:3] + (-1,))
+    else:
+      y = jnp.einsum("nhwc,cd->nhwd", tap, kernel[i, j])
+    out = y if out is None else out + y
+  return out.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_stride1(x, kernel, dilation, pad_h, pad_w):
+  """Stride-1 shifted-matmul convolution with gradients written as the same kind of sums.
+
+  Input gradient: the correlation of the output gradient with the flipped,
+  transposed kernel (this function again, so gradients of gradients, WGAN-GP's
+  double backward, stay shifted matmuls). Kernel gradient: per tap, tap^T @ g.
+  JAX's own gradient of the forward (pads of each tap's product, then sums)
+  ran at half the forward's speed in bfloat16.
+  """
+  x = _pad(x, pad_h, pad_w)
+  n, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  out_h, out_w = h - (kh - 1) * dilation, w - (kw - 1) * dilation
+  accumulate = jnp.float32 if _low_precision(x.dtype) else None
+  out = None
+  for i, j, tap in _taps(x, kh, kw, 1, dilation, out_h, out_w):
+    y = jnp.dot(tap.reshape(-1, c), kernel[i, j], preferred_element_type=accumulate)
+    out = y if out is None else out + y
+  return out.reshape(n, out_h, out_w, -1).astype(x.dtype)
+
+
+def _conv_stride1_fwd(x, kernel, dilation, pad_h, pad_w):
+  return _conv_stride1(x, kernel, dilation, pad_h, pad_w), (x, kernel)
+
+
+def _conv_stride1_bwd(dilation, pad_h, pad_w, residuals, g):
+  x, kernel = residuals
+  kh, kw = kernel.shape[:2]
+  span_h, span_w = (kh - 1) * dilation, (kw - 1) * dilation
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  dx = _conv_stride1(g, flipped, dilation, (span_h - pad_h[0], span_h - pad_h[1]),
+                     (span_w - pad_w[0], span_w - pad_w[1]))
+  g2d = g.reshape(-1, g.shape[-1])
+  dw = []
+  for _, _, tap in _taps(_pad(x, pad_h, pad_w), kh, kw, 1, dilation, *g.shape[1:3]):
+    if _low_precision(x.dtype):  # measured fastest for bf16 on CPU
+      dw.append(jnp.einsum("nhwc,nhwd->cd", tap, g, preferred_element_type=jnp.float32))
+    else:  # measured fastest for float32 on CPU
+      dw.append(jnp.dot(g2d.T, tap.reshape(-1, tap.shape[-1])).T)
+  dw = jnp.stack(dw).reshape(kernel.shape)
+  return dx.astype(x.dtype), dw.astype(kernel.dtype)
+
+
+_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+
+
 @jax.custom_vjp
 def _matmul_f32(a: jax.Array, b: jax.Array) -> jax.Array:
   """a [M, K] @ b [K, N] of low-precision operands, accumulated in and returned as float32.
 
   Its gradients cast the cotangent to the operands' dtype and go through this
-  same function, so gradients of gradients (WGAN-GP) are fast products too.
+  same function, so gradients of gradients are fast products too (JAX's own
+  would multiply the float32 cotangent by a low-precision operand in float32).
   """
   return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
@@ -117,34 +219,3 @@ def _matmul_f32_bwd(residuals, g):
 
 
 _matmul_f32.defvjp(_matmul_f32_fwd, _matmul_f32_bwd)
-
-
-def _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w):
-  """Sum over the kh*kw taps of (strided slice of padded x) @ kernel[i, j].
-
-  bfloat16 / float16 inputs accumulate in float32 through `_matmul_f32` and
-  cast the sum back to the input dtype; other dtypes use einsum.
-  """
-  kh, kw = kernel.shape[:2]
-  if pad_h != (0, 0) or pad_w != (0, 0):
-    x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-  n, h, w, c = x.shape
-  out_h = (h - (kh - 1) * dilation - 1) // stride + 1
-  out_w = (w - (kw - 1) * dilation - 1) // stride + 1
-  if out_h < 1 or out_w < 1:
-    raise UserError(f"conv2d: input {h}x{w} (padded) is smaller than the "
-                    f"dilated kernel: use a larger input or more padding")
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      tap = jax.lax.slice(
-          x, (0, i * dilation, j * dilation, 0),
-          (n, i * dilation + (out_h - 1) * stride + 1,
-           j * dilation + (out_w - 1) * stride + 1, c),
-          (1, stride, stride, 1))
-      if x.dtype in (jnp.bfloat16, jnp.float16):
-        y = _matmul_f32(tap.reshape(-1, c), kernel[i, j]).reshape(tap.shape[:3] + (-1,))
-      else:
-        y = jnp.einsum("nhwc,cd->nhwd", tap, kernel[i, j])
-      out = y if out is None else out + y
-  return out.astype(x.dtype)

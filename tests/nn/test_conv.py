@@ -130,25 +130,29 @@ def test_bad_arguments_are_user_errors():
     conv.conv2d(x, kernel, stride=0)
 
 
-def test_bfloat16_matmul_gradients_to_second_order_match_float32():
-  """The float32-accumulating bf16 path (custom gradients) against lax.conv in float32.
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-4), (jnp.bfloat16, 0.05)])
+@pytest.mark.parametrize("k,d,padding", [(3, 1, "SAME"), (3, 2, "SAME"), (3, 1, "VALID"),
+                                         (1, 1, 1), (2, 1, "SAME")])
+def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padding):
+  """The matmul lowering's hand-written gradients against lax.conv in float32.
 
-  Checks values, both first-order gradients and a gradient-penalty-style
-  gradient of a gradient (WGAN-GP's double backward) on bf16-rounded inputs.
+  Values, both first-order gradients and a gradient-penalty-style gradient of a
+  gradient (WGAN-GP's double backward); bf16 inputs are rounded first, so
+  both sides see the same numbers.
   """
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.normal(size=(2, 6, 6, 8)), jnp.bfloat16)
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 8)) * 0.2, jnp.bfloat16)
+  x = jnp.asarray(rng.normal(size=(2, 6, 7, 8)), dtype)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 8, 5)) * 0.2, dtype)
 
   def score(x, kernel, lowering):
-    y = conv.conv2d(x, kernel, lowering=lowering).astype(jnp.float32)
-    return jnp.sum(jnp.tanh(y))
+    y = conv.conv2d(x, kernel, dilation=d, padding=padding, lowering=lowering)
+    return jnp.sum(jnp.tanh(y.astype(jnp.float32)))
 
   def penalty(kernel, x, lowering):
     return jnp.sum(jnp.square(jax.grad(score)(x, kernel, lowering).astype(jnp.float32)))
 
   checks = {
-      "value": lambda x, k, low: conv.conv2d(x, k, lowering=low),
+      "value": lambda x, k, low: conv.conv2d(x, k, dilation=d, padding=padding, lowering=low),
       "grads": jax.grad(score, argnums=(0, 1)),
       "penalty_grad": lambda x, k, low: jax.grad(penalty)(k, x, low),
   }
@@ -156,7 +160,7 @@ def test_bfloat16_matmul_gradients_to_second_order_match_float32():
     got = jax.jit(fn, static_argnums=2)(x, kernel, "matmul")
     want = jax.jit(fn, static_argnums=2)(x.astype(jnp.float32), kernel.astype(jnp.float32), "xla")
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-      assert g.dtype == jnp.bfloat16, name
+      assert g.dtype == dtype, name
       w = np.asarray(w)
-      np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0.05,
-                                 atol=0.03 * np.abs(w).max(), err_msg=name)
+      np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=tolerance,
+                                 atol=tolerance * np.abs(w).max(), err_msg=name)
