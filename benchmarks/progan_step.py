@@ -11,9 +11,10 @@ call of the compiled `progan.train.train_step`; the peer's is what its
 (printed). Our variants: float32 and bfloat16 compute (parameters and Adam
 state float32), each with the "xla" and "matmul" convolution lowerings.
 
-Timed in alternating rounds after one warm-up call each (a busy machine slows
-all alike); the median seconds per iteration give images/s and ratios
-ours/peer (goals: >= 1.0 in float32, >= 1.5 in bfloat16). Achieved FLOP/s
+Timed in rounds after one warm-up call each, the order reversed every other
+round (a busy machine slows all alike, a drifting load favours none); the
+median seconds per iteration give images/s and ratios ours/peer (goals:
+>= 1.0 in float32, >= 1.5 in bfloat16). Achieved FLOP/s
 divide the useful FLOPs of a step (XLA's cost analysis of the lowered float32
 step with lax.conv; each variant's own count is printed too) by the time, as
 fractions of matmul peaks (2048^3, float32, and bfloat16 accumulated in
@@ -304,16 +305,33 @@ def measure_parts(names, with_peer: bool, resolution: int, batch_size: int, repe
   runners = {name: our_parts(name, resolution, batch_size) for name in names}
   if with_peer:
     runners["peer"] = peer_parts(resolution, batch_size)
-  out = {}
-  for name, parts in runners.items():
-    out[name] = {}
-    for part, run in parts.items():
-      run()
-      out[name][part] = round(min(_timed(run) for _ in range(repeats)), 3)
-    p = out[name]
-    out[name]["iteration_estimate"] = round(p["G_forward"] + 2 * p["D_forward_backward"]
-                                            + p["gradient_penalty"] + p["G_step"], 3)
+  out = {name: {} for name in runners}
+  for part in PARTS:  # runners interleaved per part, as in main
+    for parts in runners.values():
+      parts[part]()
+    times = _rounds({name: parts[part] for name, parts in runners.items()},
+                    {name: repeats for name in runners})
+    for name, t in times.items():
+      out[name][part] = round(min(t), 3)
+  for p in out.values():
+    p["iteration_estimate"] = round(p["G_forward"] + 2 * p["D_forward_backward"]
+                                    + p["gradient_penalty"] + p["G_step"], 3)
   return out
+
+
+def _rounds(runners: dict, counts: dict) -> dict:
+  """Times each runner counts[name] times in rounds, forward then reversed order alternately.
+
+  On a shared machine whose load drifts, alternating the order keeps a trend from
+  favouring whichever runner comes last.
+  """
+  times = {name: [] for name in runners}
+  order = list(runners)
+  for i in range(max(counts.values())):
+    for name in (order if i % 2 == 0 else order[::-1]):
+      if i < counts[name]:
+        times[name].append(_timed(runners[name]))
+  return times
 
 
 def compile_stages(cache_dir: str, resolution: int, batch_size: int) -> dict:
@@ -416,11 +434,8 @@ def main() -> None:
 
   for run in runners.values():  # warm-up
     run()
-  times = {name: [] for name in runners}
-  for i in range(max(args.iters, args.peer_iters)):
-    for name, run in runners.items():
-      if i < (args.peer_iters if name == "peer" else args.iters):
-        times[name].append(_timed(run))
+  times = _rounds(runners, {name: args.peer_iters if name == "peer" else args.iters
+                            for name in runners})
   seconds = {name: statistics.median(t) for name, t in times.items()}
 
   reference_flops = useful_flops(args.resolution, args.batch)
