@@ -164,7 +164,7 @@ def useful_flops(resolution: int, batch_size: int) -> float:
 
 
 def build_ours(name: str, resolution: int, batch_size: int):
-  """(run one iteration, FLOPs per step from the lowered step's cost analysis, compile s, params)."""
+  """(run one iteration, FLOPs per step by the lowered step's cost analysis, compile s, params)."""
   dtype, lowering = VARIANTS[name]
   config = make_config(resolution, dtype, lowering)
   mesh = mesh_lib.make_data_mesh(1)
@@ -200,7 +200,8 @@ def _import_peer():
         setattr(module, attr, placeholder)
       sys.modules[name] = module
   import torch  # pylint: disable=import-outside-toplevel
-  from pro_gan_pytorch import custom_layers, gan, losses, networks  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from pro_gan_pytorch import custom_layers, gan, losses, networks
 
   def output_padding(self, input_, output_size, stride, padding, kernel_size):
     # Its forward passes the builtin `input` and the torch 1.10 argument list.
@@ -297,7 +298,8 @@ def peer_parts(resolution: int, batch_size: int):
           "D_forward": lambda: no_grad(lambda: dis(reals, depth, 1.0)),
           "D_forward_backward": lambda: backward(dis, lambda: dis(reals, depth, 1.0).mean()),
           "gradient_penalty": lambda: backward(dis, gp),
-          "G_step": lambda: backward(gen, lambda: -dis(gen(latents, depth, 1.0), depth, 1.0).mean())}
+          "G_step": lambda: backward(
+              gen, lambda: -dis(gen(latents, depth, 1.0), depth, 1.0).mean())}
 
 
 def measure_parts(names, with_peer: bool, resolution: int, batch_size: int, repeats: int) -> dict:
@@ -335,7 +337,7 @@ def _rounds(runners: dict, counts: dict) -> dict:
 
 
 def compile_stages(cache_dir: str, resolution: int, batch_size: int) -> dict:
-  """Seconds to trace+lower and to compile the step of each (level, fading), cache in `cache_dir`."""
+  """Seconds to trace+lower and to compile the step of each (level, fading), cached in a dir."""
   loop.enable_compilation_cache(cache_dir)
   config = make_config(resolution)
   mesh = mesh_lib.make_data_mesh(1)
