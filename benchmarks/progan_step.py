@@ -27,7 +27,11 @@ gradient penalty, G step) for each variant and the peer.
 
   python -m benchmarks.progan_step [--iters 2] [--peer_iters 2] [--batch 16]
       [--resolution 32] [--skip_peer] [--skip_compile] [--variants f32_xla,...]
-      [--parts] [--out FILE]
+      [--parts] [--no_xla_cpu_ynn] [--out FILE]
+
+Like experiments.train, it sets XLA:CPU's YNNPACK flag when the config says
+`xla_cpu_ynn` (`readingnotes_jax.nn.conv.enable_xla_cpu_ynn`); the JSON line
+records XLA_FLAGS.
 
 The peer needs three run-time patches on torch 2.13, made here and never in
 its installed files (see `_import_peer`). Install: `pip install torch==2.13.0`
@@ -55,6 +59,7 @@ import numpy as np
 
 from experiments.configs.progan import fashion_mnist_32
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn import conv
 from readingnotes_jax.progan import train as progan_train
 from readingnotes_jax.training import loop, mesh as mesh_lib
 
@@ -392,8 +397,12 @@ def main() -> None:
                       help="instead of whole iterations, time their parts (G forward, D "
                       "forward, D backward, gradient penalty, G step)")
   parser.add_argument("--out", default="", help="also write the JSON to this file")
+  parser.add_argument("--no_xla_cpu_ynn", action="store_true",
+                      help="leave XLA:CPU's dots to XLA even though the config sets xla_cpu_ynn")
   parser.add_argument("--compile_stages", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if fashion_mnist_32.get_config().xla_cpu_ynn and not args.no_xla_cpu_ynn:
+    conv.enable_xla_cpu_ynn()  # as experiments.train does; the compile children inherit it
   level = _level(args.resolution)
   if args.compile_stages:  # child process of measure_compile
     print(json.dumps(compile_stages(args.compile_stages, args.resolution, args.batch)))
@@ -408,6 +417,7 @@ def main() -> None:
             "cpus": os.cpu_count(), "jax": jax.__version__, "resolution": args.resolution,
             "levels": level - 1, "phase": "stable", "batch": args.batch,
             "feature_maps": CHANNELS, "image_channels": NUM_CHANNELS,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "uptime_before": subprocess.run(["uptime"], capture_output=True,
                                             text=True).stdout.strip(),
             "load_before": os.getloadavg()}

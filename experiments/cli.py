@@ -2,7 +2,8 @@
 
 Flags: `--config path.py[:ARG]` (a file whose `get_config(arg)` returns a
 ConfigDict), `--config.KEY=VALUE` overrides, `--workdir`, and per-command
-extras. Any `UserError` (and any bad flag) ends the process with one line on
+extras. A config with `xla_cpu_ynn = True` hands XLA:CPU's dots to YNNPACK
+(`readingnotes_jax.nn.conv.enable_xla_cpu_ynn`). Any `UserError` (and any bad flag) ends the process with one line on
 stderr and exit code 2.
 """
 import importlib
@@ -13,6 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn import conv
 
 
 def define_config_flags(with_workdir: bool) -> None:
@@ -43,6 +45,8 @@ def run(main: Callable[[flags.FlagValues], None], argv: list[str] | None = None)
       raise UserError("--config is required, e.g. --config experiments/configs/progan/fashion_mnist_32.py:runlocal")
     if "workdir" in flags.FLAGS and not flags.FLAGS.workdir:
       raise UserError("--workdir is required: the folder for checkpoints, metrics and figures")
+    if flags.FLAGS.config.get("xla_cpu_ynn", False):
+      conv.enable_xla_cpu_ynn()  # before the first computation starts the backend
     main(flags.FLAGS)
   except UserError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)

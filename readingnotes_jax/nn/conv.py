@@ -24,8 +24,18 @@ batch 16, that CPU, seconds forward / forward+backward / WGAN-GP-style
 gradient of a gradient: float32 0.59 / 1.96 / 3.85 with JAX's own gradients,
 0.59 / 1.48 / 2.54 with these; bfloat16 0.52 / 1.55 / 3.01 before, 0.33 /
 0.83 / 1.37 now.
+
+XLA:CPU can hand dots to YNNPACK one by one (`enable_xla_cpu_ynn`, flag
+`XLA_CPU_YNN_FLAG`), which also changes how it runs `lax.conv`. Measured on
+the AMD EPYC (2 cores, idle; benchmarks/conv_lowering.py shape, GFLOP/s
+forward / forward+backward): float32 "xla" 148 / 132 without, 201 / 199 with
+it ("matmul" ~145 / 155 either way; PyTorch 2.13 209 / 190); bfloat16 "matmul"
+224 / 260 without, 237 / 272 with it ("xla" 196 / 197 with). With the flag on,
+`default_lowering` therefore keeps "xla" for float32 and uses "matmul" only for
+wide bfloat16 convolutions.
 """
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -35,18 +45,46 @@ from readingnotes_jax.errors import UserError
 LOWERINGS = ("xla", "matmul")
 # On CPU, convolutions with fewer input or output channels than this use "xla".
 MATMUL_MIN_CHANNELS = 512
+XLA_CPU_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+_YNN_FLAG_NAME = XLA_CPU_YNN_FLAG.split("=")[0]
 
 
-def default_lowering(channels: int | None = None) -> str:
+def enable_xla_cpu_ynn() -> None:
+  """Adds `XLA_CPU_YNN_FLAG` to XLA_FLAGS, unless XLA_FLAGS already sets that flag.
+
+  XLA reads XLA_FLAGS once, when the first computation starts its backend: call
+  this before that (the experiment commands do when the config says
+  `xla_cpu_ynn`). No effect on GPU or TPU computations.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if _YNN_FLAG_NAME not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_YNN_FLAG}".strip()
+
+
+def xla_cpu_ynn_enabled() -> bool:
+  """Whether XLA_FLAGS has exactly `XLA_CPU_YNN_FLAG` (hands XLA:CPU dots to YNNPACK)."""
+  return XLA_CPU_YNN_FLAG in os.environ.get("XLA_FLAGS", "").split()
+
+
+def default_lowering(channels: int | None = None, dtype=jnp.float32,
+                     kernel_size: tuple[int, int] | None = None) -> str:
   """The lowering `conv2d(..., lowering=None)` uses.
 
-  "xla" on TPU and GPU (where XLA's convolution is strong). On CPU "matmul",
-  except for convolutions whose narrower side (min of input and output
-  channels, when given) is below `MATMUL_MIN_CHANNELS`.
+  "xla" on TPU and GPU (where XLA's convolution is strong). On CPU: "matmul"
+  for 1x1 kernels (one dot; XLA's kernel gradient of a 1x1 convolution
+  transposes both operands) and for convolutions whose narrower side (min of
+  input and output channels, when given) is at least `MATMUL_MIN_CHANNELS`,
+  except float32 ones when `xla_cpu_ynn_enabled()`; "xla" otherwise.
   """
   if jax.default_backend() != "cpu":
     return "xla"
-  return "xla" if channels is not None and channels < MATMUL_MIN_CHANNELS else "matmul"
+  if kernel_size is not None and tuple(kernel_size) == (1, 1):
+    return "matmul"
+  if channels is not None and channels < MATMUL_MIN_CHANNELS:
+    return "xla"
+  if xla_cpu_ynn_enabled() and not _low_precision(jnp.dtype(dtype)):
+    return "xla"
+  return "matmul"
 
 
 def _pads(size: int, kernel_size: int, stride: int, dilation: int,
@@ -72,7 +110,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     dilation: kernel dilation (both axes).
     padding: "SAME" (TensorFlow's rule, output size ceil(H / stride)),
       "VALID", or a number of zeros added on each side.
-    lowering: "xla", "matmul", or None for `default_lowering(min(Cin, Cout))`.
+    lowering: "xla", "matmul", or None for
+      `default_lowering(min(Cin, Cout), x.dtype, (kh, kw))`.
 
   Returns:
     [N, H_out, W_out, Cout] in the dtype of `x`.
@@ -81,7 +120,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     raise UserError(f"conv2d needs x [N,H,W,C] and kernel [kh,kw,C,Cout], got "
                     f"{x.shape} and {kernel.shape}: fix the input channels")
   if lowering is None:
-    lowering = default_lowering(min(kernel.shape[2:]))
+    lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2])
   if lowering not in LOWERINGS:
     raise UserError(f"unknown conv lowering {lowering!r}: use one of {LOWERINGS} or None")
   if padding == "VALID":

@@ -1,4 +1,8 @@
 """conv2d: both lowerings against a NumPy reference (values and gradients)."""
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -111,13 +115,78 @@ def test_lowerings_agree_in_bfloat16():
                              rtol=0.05, atol=0.05)
 
 
-def test_default_lowering_on_this_backend():
+def test_default_lowering_on_this_backend(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "")
   if jax.default_backend() == "cpu":
     assert conv.default_lowering() == "matmul"
-    assert conv.default_lowering(512) == "matmul"
-    assert conv.default_lowering(64) == "xla"
+    assert conv.default_lowering(512) == conv.default_lowering(512, jnp.bfloat16) == "matmul"
+    assert conv.default_lowering(64) == conv.default_lowering(64, jnp.bfloat16) == "xla"
+    assert conv.default_lowering(64, jnp.float32, (1, 1)) == "matmul"
+    assert conv.default_lowering(64, jnp.float32, (3, 3)) == "xla"
+    monkeypatch.setenv("XLA_FLAGS", conv.XLA_CPU_YNN_FLAG)
+    assert conv.default_lowering(512) == conv.default_lowering(64, jnp.bfloat16) == "xla"
+    assert conv.default_lowering(512, jnp.bfloat16) == "matmul"
+    assert conv.default_lowering(512, jnp.float32, (1, 1)) == "matmul"
   else:
-    assert conv.default_lowering() == conv.default_lowering(512) == "xla"
+    assert conv.default_lowering() == conv.default_lowering(512, jnp.bfloat16) == "xla"
+
+
+def test_enable_xla_cpu_ynn_keeps_other_flags_and_a_users_choice(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  conv.enable_xla_cpu_ynn()
+  assert os.environ["XLA_FLAGS"].split() == [
+      "--xla_force_host_platform_device_count=8",
+      "--xla_cpu_experimental_ynn_fusion_type=individual_dot"]
+  assert conv.xla_cpu_ynn_enabled()
+  conv.enable_xla_cpu_ynn()  # idempotent
+  assert len(os.environ["XLA_FLAGS"].split()) == 2
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+  conv.enable_xla_cpu_ynn()
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+  assert not conv.xla_cpu_ynn_enabled()
+
+
+_YNN_SCRIPT = """
+import sys, jax, numpy as np
+from readingnotes_jax.nn import conv
+assert conv.xla_cpu_ynn_enabled()
+cases = {cases!r}
+data = dict(np.load(sys.argv[1]))
+out = {{}}
+for n, (k, s, d, padding, h, w) in enumerate(cases):
+  for lowering in ("xla", "matmul"):
+    fn = lambda x, kernel: conv.conv2d(x, kernel, stride=s, dilation=d, padding=padding,
+                                       lowering=lowering)
+    y, pullback = jax.vjp(jax.jit(fn), data[f"x{{n}}"], data[f"k{{n}}"])
+    gx, gw = pullback(data[f"g{{n}}"])
+    out.update({{f"{{lowering}}{{n}}_{{name}}": np.asarray(v) for name, v in
+                 (("y", y), ("gx", gx), ("gw", gw))}})
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_both_lowerings_match_numpy_with_xla_cpu_ynn(tmp_path):
+  """XLA:CPU with `XLA_CPU_YNN_FLAG` (a fresh process) against the NumPy reference."""
+  rng = np.random.default_rng(3)
+  data, refs = {}, {}
+  for n, (k, s, d, padding, h, w) in enumerate(CASES):
+    x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+    kernel = rng.normal(size=(k, k, 3, 4)).astype(np.float32)
+    ref, vjp = _conv_np(x, kernel, s, d, padding)
+    g = rng.normal(size=ref.shape).astype(np.float32)
+    data.update({f"x{n}": x, f"k{n}": kernel, f"g{n}": g})
+    refs.update(zip((f"{n}_y", f"{n}_gx", f"{n}_gw"), (ref, *vjp(g.astype(np.float64)))))
+  np.savez(tmp_path / "in.npz", **data)
+  env = dict(os.environ, XLA_FLAGS=conv.XLA_CPU_YNN_FLAG, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", _YNN_SCRIPT.format(cases=CASES),
+                      tmp_path / "in.npz", tmp_path / "out.npz"],
+                     capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = np.load(tmp_path / "out.npz")
+  for lowering in ("xla", "matmul"):
+    for key, ref in refs.items():
+      np.testing.assert_allclose(out[lowering + key], ref, rtol=1e-4, atol=1e-4,
+                                 err_msg=f"{lowering} {key}")
 
 
 def test_bad_arguments_are_user_errors():
