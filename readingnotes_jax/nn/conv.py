@@ -43,8 +43,12 @@ import jax.numpy as jnp
 from readingnotes_jax.errors import UserError
 
 LOWERINGS = ("xla", "matmul")
-# On CPU, convolutions with fewer input or output channels than this use "xla".
+# On CPU, convolutions with fewer input or output channels than this use "xla". In
+# bfloat16 the shifted matmuls win from 128 channels (PSPNet-50's stride-1 3x3 layers,
+# forward+backward: 128 ch 291 vs 199 GFLOP/s, 256 dilated 334 vs 198; 64 ch at 117x117
+# 95 vs 123), in float32 only from 512 (128 ch: 158 vs 194).
 MATMUL_MIN_CHANNELS = 512
+LOW_PRECISION_MATMUL_MIN_CHANNELS = 128
 XLA_CPU_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
 _YNN_FLAG_NAME = XLA_CPU_YNN_FLAG.split("=")[0]
 
@@ -67,22 +71,29 @@ def xla_cpu_ynn_enabled() -> bool:
 
 
 def default_lowering(channels: int | None = None, dtype=jnp.float32,
-                     kernel_size: tuple[int, int] | None = None) -> str:
+                     kernel_size: tuple[int, int] | None = None, stride: int = 1) -> str:
   """The lowering `conv2d(..., lowering=None)` uses.
 
-  "xla" on TPU and GPU (where XLA's convolution is strong). On CPU: "matmul"
-  for 1x1 kernels (one dot; XLA's kernel gradient of a 1x1 convolution
-  transposes both operands) and for convolutions whose narrower side (min of
-  input and output channels, when given) is at least `MATMUL_MIN_CHANNELS`,
-  except float32 ones when `xla_cpu_ynn_enabled()`; "xla" otherwise.
+  "xla" on TPU and GPU (where XLA's convolution is strong). On CPU:
+  "matmul" for 1x1 kernels (one dot; XLA's kernel gradient of a 1x1
+  convolution transposes both operands); "xla" for other strided ones (the
+  matmul lowering has hand-written gradients for stride 1 only); otherwise
+  "matmul" when the narrower side (min of input and output channels, when
+  given) is at least `MATMUL_MIN_CHANNELS` (float32) or
+  `LOW_PRECISION_MATMUL_MIN_CHANNELS` (bfloat16, float16), except float32
+  ones when `xla_cpu_ynn_enabled()`; "xla" otherwise.
   """
   if jax.default_backend() != "cpu":
     return "xla"
   if kernel_size is not None and tuple(kernel_size) == (1, 1):
     return "matmul"
-  if channels is not None and channels < MATMUL_MIN_CHANNELS:
+  if stride > 1:
     return "xla"
-  if xla_cpu_ynn_enabled() and not _low_precision(jnp.dtype(dtype)):
+  low_precision = _low_precision(jnp.dtype(dtype))
+  threshold = LOW_PRECISION_MATMUL_MIN_CHANNELS if low_precision else MATMUL_MIN_CHANNELS
+  if channels is not None and channels < threshold:
+    return "xla"
+  if xla_cpu_ynn_enabled() and not low_precision:
     return "xla"
   return "matmul"
 
@@ -111,7 +122,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     padding: "SAME" (TensorFlow's rule, output size ceil(H / stride)),
       "VALID", or a number of zeros added on each side.
     lowering: "xla", "matmul", or None for
-      `default_lowering(min(Cin, Cout), x.dtype, (kh, kw))`.
+      `default_lowering(min(Cin, Cout), x.dtype, (kh, kw), stride)`.
 
   Returns:
     [N, H_out, W_out, Cout] in the dtype of `x`.
@@ -120,7 +131,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     raise UserError(f"conv2d needs x [N,H,W,C] and kernel [kh,kw,C,Cout], got "
                     f"{x.shape} and {kernel.shape}: fix the input channels")
   if lowering is None:
-    lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2])
+    lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2], stride)
   if lowering not in LOWERINGS:
     raise UserError(f"unknown conv lowering {lowering!r}: use one of {LOWERINGS} or None")
   if padding == "VALID":

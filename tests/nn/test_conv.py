@@ -117,18 +117,22 @@ def test_lowerings_agree_in_bfloat16():
 
 def test_default_lowering_on_this_backend(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
+  bf16 = jnp.bfloat16
   if jax.default_backend() == "cpu":
     assert conv.default_lowering() == "matmul"
-    assert conv.default_lowering(512) == conv.default_lowering(512, jnp.bfloat16) == "matmul"
-    assert conv.default_lowering(64) == conv.default_lowering(64, jnp.bfloat16) == "xla"
+    assert conv.default_lowering(512) == conv.default_lowering(512, bf16) == "matmul"
+    assert conv.default_lowering(256) == conv.default_lowering(64, bf16) == "xla"
+    assert conv.default_lowering(128, bf16) == conv.default_lowering(256, bf16) == "matmul"
     assert conv.default_lowering(64, jnp.float32, (1, 1)) == "matmul"
+    assert conv.default_lowering(64, jnp.float32, (1, 1), stride=2) == "matmul"
     assert conv.default_lowering(64, jnp.float32, (3, 3)) == "xla"
+    assert conv.default_lowering(512, bf16, (3, 3), stride=2) == "xla"
     monkeypatch.setenv("XLA_FLAGS", conv.XLA_CPU_YNN_FLAG)
-    assert conv.default_lowering(512) == conv.default_lowering(64, jnp.bfloat16) == "xla"
-    assert conv.default_lowering(512, jnp.bfloat16) == "matmul"
+    assert conv.default_lowering(512) == conv.default_lowering(64, bf16) == "xla"
+    assert conv.default_lowering(512, bf16) == conv.default_lowering(128, bf16) == "matmul"
     assert conv.default_lowering(512, jnp.float32, (1, 1)) == "matmul"
   else:
-    assert conv.default_lowering() == conv.default_lowering(512, jnp.bfloat16) == "xla"
+    assert conv.default_lowering() == conv.default_lowering(512, bf16, (1, 1)) == "xla"
 
 
 def test_enable_xla_cpu_ynn_keeps_other_flags_and_a_users_choice(monkeypatch):

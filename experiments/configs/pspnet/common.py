@@ -17,8 +17,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.checkpoint_every_steps = 1000
   # XLA:CPU only: dots and convolutions through YNNPACK (nn.conv.enable_xla_cpu_ynn). On the
-  # AMD EPYC PSPNet-50 float32 inference ran 1.18x faster with it, training 0.89x as fast
-  # (benchmarks/pspnet_step.py), so it stays off; turn it on for CPU evaluation.
+  # AMD EPYC PSPNet-50 ran about as fast either way (benchmarks/pspnet_step.py, ratios to
+  # torch with / without: float32 train 0.82 / 0.83, inference 0.93 / 0.89; bfloat16 train
+  # 1.23 / 1.29, inference 1.42 / 1.46), so it stays off.
   c.xla_cpu_ynn = False
 
   c.data = ml_collections.ConfigDict()
