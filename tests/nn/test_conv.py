@@ -204,9 +204,12 @@ def test_bad_arguments_are_user_errors():
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-4), (jnp.bfloat16, 0.05)])
-@pytest.mark.parametrize("k,d,padding", [(3, 1, "SAME"), (3, 2, "SAME"), (3, 1, "VALID"),
-                                         (1, 1, 1), (2, 1, "SAME")])
-def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padding):
+@pytest.mark.parametrize("k,d,padding,cin,cout", [
+    (3, 1, "SAME", 8, 5), (3, 2, "SAME", 8, 5), (3, 1, "VALID", 8, 5), (1, 1, 1, 8, 5),
+    (2, 1, "SAME", 8, 5),
+    (3, 2, "SAME", 20, 5), (2, 1, 3, 20, 5),   # wide input: _shifted_outputs
+    (3, 2, "SAME", 5, 20), (3, 1, "VALID", 5, 20)])  # its input gradient
+def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padding, cin, cout):
   """The matmul lowering's hand-written gradients against lax.conv in float32.
 
   Values, both first-order gradients and a gradient-penalty-style gradient of a
@@ -214,8 +217,8 @@ def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padd
   both sides see the same numbers.
   """
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.normal(size=(2, 6, 7, 8)), dtype)
-  kernel = jnp.asarray(rng.normal(size=(k, k, 8, 5)) * 0.2, dtype)
+  x = jnp.asarray(rng.normal(size=(2, 6, 7, cin)), dtype)
+  kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.2, dtype)
 
   def score(x, kernel, lowering):
     y = conv.conv2d(x, kernel, dilation=d, padding=padding, lowering=lowering)
