@@ -8,10 +8,10 @@ Two lowerings compute the same convolution:
   of shifted (padded, strided-sliced) inputs. On an AMX CPU XLA's convolution
   backward pass was slow for wide layers (3x3 conv 512->512 at 32x32, batch
   16: ~82 GFLOP/s backward against ~200 for the shifted matmuls), so wide
-  convolutions use it on CPU by default. For narrow layers the per-tap
-  matmuls are too thin and XLA's convolution wins (measured 2-5x at 64-256
-  channels on this project's CPUs), so `lowering=None` picks per layer with
-  `default_lowering(channels)`. See benchmarks/conv_lowering.py.
+  convolutions use it on CPU by default. For narrow float32 layers the
+  per-tap matmuls are too thin and XLA's convolution wins (in bfloat16 the
+  matmuls win from 128 channels), so `lowering=None` picks per layer with
+  `default_lowering`. See benchmarks/conv_lowering.py.
 
 The "matmul" lowering's gradients are written by hand for stride 1
 (`_conv_stride1`): the input gradient as the same shifted-matmul sum over the
