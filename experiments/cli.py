@@ -3,8 +3,8 @@
 Flags: `--config path.py[:ARG]` (a file whose `get_config(arg)` returns a
 ConfigDict), `--config.KEY=VALUE` overrides, `--workdir`, and per-command
 extras. A config with `xla_cpu_ynn = True` hands XLA:CPU's dots to YNNPACK
-(`readingnotes_jax.nn.conv.enable_xla_cpu_ynn`). Any `UserError` (and any bad flag) ends the process with one line on
-stderr and exit code 2.
+(`readingnotes_jax.nn.conv.enable_xla_cpu_ynn`). Any `UserError` (and any bad
+flag) ends the process with one line on stderr and exit code 2.
 """
 import importlib
 import sys

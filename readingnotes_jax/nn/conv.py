@@ -31,8 +31,8 @@ the AMD EPYC (2 cores, idle; benchmarks/conv_lowering.py shape, GFLOP/s
 forward / forward+backward): float32 "xla" 148 / 132 without, 201 / 199 with
 it ("matmul" ~145 / 155 either way; PyTorch 2.13 209 / 190); bfloat16 "matmul"
 224 / 260 without, 237 / 272 with it ("xla" 196 / 197 with). With the flag on,
-`default_lowering` therefore keeps "xla" for float32 and uses "matmul" only for
-wide bfloat16 convolutions.
+`default_lowering` therefore keeps "xla" for float32 and "matmul" for
+bfloat16 convolutions from 128 channels.
 """
 import functools
 import os
@@ -172,10 +172,11 @@ def _taps(x, kh, kw, stride, dilation, out_h, out_w):
 
 
 def _pad(x, pad_h, pad_w):
-  """Zero padding of the spatial axes; negative amounts crop (lax.pad semantics)."""
+  """Zero padding of the spatial axes 1 and 2; negative amounts crop (lax.pad semantics)."""
   if pad_h == (0, 0) and pad_w == (0, 0):
     return x
-  return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0)))
+  config = ((0, 0, 0), (*pad_h, 0), (*pad_w, 0)) + ((0, 0, 0),) * (x.ndim - 3)
+  return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 def _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w):
@@ -245,8 +246,7 @@ def _shifted_outputs(x, kernel, dilation, pad_h, pad_w):
   accumulate = jnp.float32 if _low_precision(x.dtype) else None
   z = jnp.dot(x.reshape(-1, c), kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * d),
               preferred_element_type=accumulate).reshape(n, h, w, kh * kw, d)
-  z = jax.lax.pad(z, jnp.zeros((), z.dtype),
-                  ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0), (0, 0, 0)))
+  z = _pad(z, pad_h, pad_w)
   out_h, out_w = z.shape[1] - (kh - 1) * dilation, z.shape[2] - (kw - 1) * dilation
   out = None
   for i in range(kh):

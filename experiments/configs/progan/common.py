@@ -11,7 +11,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every_steps = 50
   # XLA:CPU only: dots and convolutions through YNNPACK (nn.conv.enable_xla_cpu_ynn); on the
-  # AMD EPYC a float32 step at 32 px, 512 maps ran 1.32x faster (benchmarks/progan_step.py).
+  # AMD EPYC a float32 step at 32 px, 512 maps ran 1.33x faster (benchmarks/progan_step.py).
   c.xla_cpu_ynn = True
   c.checkpoint_every_steps = 1000
 
