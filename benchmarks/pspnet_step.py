@@ -6,11 +6,16 @@ machine slows both alike); median wall seconds per call, and median CPU seconds
 of this process (on a shared machine run it pinned, `OMP_NUM_THREADS=1 taskset
 -c 0 python -m ...`, and compare CPU seconds: compute per core, whatever else
 runs). Variants: float32 with the default per-layer conv lowering ("auto",
-`conv2d(lowering=None)`), all "matmul", all "xla", and bfloat16 compute. Train step: forward in
+`conv2d(lowering=None)`), all "matmul", all "xla", bfloat16 compute, and
+"f32_concat": float32 with `factorized_head=False` (the head convolves the
+upsampled, concatenated pyramid as semseg does; the other variants use
+`conv_of_pyramid`, the same function with half of that conv's work). Train step: forward in
 training mode, loss main + 0.4 aux (ignore 255), backward, SGD momentum 0.9 with
 weight decay 1e-4 (an optax step written here, the same as torch.optim.SGD).
-Achieved FLOP/s use XLA's cost analysis of our compiled function; the peak is a
-4096^3 float32 (and bfloat16) matmul measured in the same run. Ratios are
+Achieved FLOP/s divide the network's FLOPs as the peer computes them (XLA's
+cost analysis of the float32 "xla", semseg-order step; each variant's own
+count is printed too) by the time; the peak is a 4096^3 float32 (and bfloat16)
+matmul measured in the same run. Ratios are
 torch seconds / our seconds (> 1: we are faster). Prints one JSON line.
 
   python -m benchmarks.pspnet_step [--repeats 5] [--variants f32_auto,f32_matmul,...]
@@ -34,9 +39,10 @@ from benchmarks import torch_pspnet
 from readingnotes_jax.pspnet.convert import load_semseg_checkpoint
 from readingnotes_jax.pspnet.model import PSPNet, pspnet_loss
 
-VARIANTS = {"f32_auto": (jnp.float32, None), "f32_matmul": (jnp.float32, "matmul"),
-            "f32_xla": (jnp.float32, "xla"), "bf16_auto": (jnp.bfloat16, None),
-            "bf16_matmul": (jnp.bfloat16, "matmul"), "bf16_xla": (jnp.bfloat16, "xla")}
+VARIANTS = {"f32_auto": {}, "f32_matmul": {"lowering": "matmul"}, "f32_xla": {"lowering": "xla"},
+            "f32_concat": {"factorized_head": False}, "bf16_auto": {"dtype": jnp.bfloat16},
+            "bf16_matmul": {"dtype": jnp.bfloat16, "lowering": "matmul"},
+            "bf16_xla": {"dtype": jnp.bfloat16, "lowering": "xla"}}
 CLASSES = 150
 
 
@@ -80,7 +86,7 @@ def main() -> None:
   parser.add_argument("--train_crop", type=int, default=233)
   parser.add_argument("--infer_batch", type=int, default=1)
   parser.add_argument("--infer_crop", type=int, default=473)
-  parser.add_argument("--variants", default="f32_auto,f32_matmul,f32_xla,bf16_auto")
+  parser.add_argument("--variants", default="f32_auto,f32_concat,f32_xla,bf16_auto")
   args = parser.parse_args()
   variants = args.variants.split(",")
   result = {"device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
@@ -126,10 +132,16 @@ def main() -> None:
   j_infer_images = to_nhwc(infer_images)
   sgd = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
   runners = {"torch": {"train": torch_train, "infer": torch_infer}}
-  flops = {}
+  peer_model = PSPNet(CLASSES, lowering="xla", factorized_head=False)
+  peer_state = (variables["params"], variables["batch_stats"], sgd.init(variables["params"]))
+  peer_train = make_train_step(peer_model, sgd).lower(
+      peer_state, j_train_images, j_labels, jax.random.key(0))
+  peer_infer = jax.jit(lambda v, x: peer_model.apply(v, x, train=False)).lower(
+      variables, j_infer_images)
+  flops = {"peer": {"train": peer_train.compile().cost_analysis()["flops"],
+                    "infer": peer_infer.compile().cost_analysis()["flops"]}}
   for name in variants:
-    dtype, lowering = VARIANTS[name]
-    model = PSPNet(CLASSES, dtype=dtype, lowering=lowering)
+    model = PSPNet(CLASSES, **VARIANTS[name])
     step = make_train_step(model, sgd)
     infer = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False))
     state = jax.tree.map(jnp.copy, (variables["params"], variables["batch_stats"],
@@ -174,15 +186,16 @@ def main() -> None:
       result[f"{name}_{phase}_ratio"] = round(median["torch"][phase] / seconds, 3)
       result[f"{name}_{phase}_cpu_s"] = round(cpu[name][phase], 3)
       result[f"{name}_{phase}_cpu_ratio"] = round(cpu["torch"][phase] / cpu[name][phase], 3)
-      result[f"{name}_{phase}_gflops"] = round(flops[name][phase] / seconds / 1e9, 1)
-    reference_flops = flops[variants[0]][phase]
+      result[f"{name}_{phase}_gflop"] = round(flops[name][phase] / 1e9, 1)
+      result[f"{name}_{phase}_gflops"] = round(flops["peer"][phase] / seconds / 1e9, 1)
+    reference_flops = flops["peer"][phase]
     result[f"{phase}_gflop"] = round(reference_flops / 1e9, 1)
     result[f"torch_{phase}_gflops"] = round(reference_flops / median["torch"][phase] / 1e9, 1)
   for name in variants:  # per CPU second: fair on a busy machine too
     peak = result[f"peak_{name.split('_')[0]}_gflop_per_cpu_s"] * 1e9
     for phase in ("train", "infer"):
       result[f"{name}_{phase}_fraction_of_peak"] = round(
-          flops[name][phase] / cpu[name][phase] / peak, 3)
+          flops["peer"][phase] / cpu[name][phase] / peak, 3)
   result["load_after"] = os.getloadavg()[0]
   print(json.dumps(result))
 

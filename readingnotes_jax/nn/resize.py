@@ -28,6 +28,16 @@ def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
   return left, right, (source - left).astype(np.float32)
 
 
+def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out_size, in_size] float32 matrix of the align_corners=True resize of one axis."""
+  left, right, weight = _taps(in_size, out_size)
+  matrix = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(matrix, (rows, left), 1 - weight)
+  np.add.at(matrix, (rows, right), weight)
+  return matrix
+
+
 def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
   left, right, weight = _taps(x.shape[axis], out_size)
   shape = [1] * x.ndim

@@ -11,6 +11,8 @@ the authors' Caffe release (Zhao et al., "Pyramid Scene Parsing Network", CVPR
   align_corners=True; concatenated after the input (4096 channels);
 - `cls` head: 3x3 conv -> 512, BN, ReLU, channel dropout (torch `Dropout2d`) 0.1,
   1x1 conv with bias -> classes; `aux` head on stage 3 (1024 -> 256 -> classes);
+  by default the head's 3x3 conv reads the pyramid branches at their bin size
+  (`conv_of_pyramid`: the same function, half of that conv's multiply-adds);
 - logits upsampled (align_corners=True) to (H - 1) / 8 * zoom_factor + 1, i.e. to
   the input size for zoom_factor 8; inputs need (H - 1) % 8 == 0 (crops 473, 713);
 - loss: cross entropy ignoring label 255, main + 0.4 * aux.
@@ -26,8 +28,9 @@ import numpy as np
 
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.nn.batch_norm import BatchNorm
-from readingnotes_jax.nn.resize import resize_bilinear_align_corners
-from readingnotes_jax.nn.resnet import Conv2D, ResNet
+from readingnotes_jax.nn.conv import conv2d
+from readingnotes_jax.nn.resize import align_corners_matrix, resize_bilinear_align_corners
+from readingnotes_jax.nn.resnet import Conv2D, ResNet, torch_default_kernel_init
 
 
 def adaptive_pool_matrix(in_size: int, bins: int) -> np.ndarray:
@@ -51,32 +54,101 @@ def adaptive_avg_pool(x: jax.Array, bins: int) -> jax.Array:
                     precision=jax.lax.Precision.HIGHEST)
 
 
+def _shifted_resize_matrices(in_size: int, out_size: int, kernel_size: int) -> np.ndarray:
+  """[out_size, kernel_size * in_size]: tap i's block maps the resized axis, zero padded by
+  kernel_size // 2 and shifted by i, to the conv's output rows (`conv_of_pyramid`)."""
+  pad = kernel_size // 2
+  padded = np.pad(align_corners_matrix(in_size, out_size), ((pad, pad), (0, 0)))
+  return np.concatenate([padded[i:i + out_size] for i in range(kernel_size)], axis=1)
+
+
+def conv_of_pyramid(x: jax.Array, branches: Sequence[jax.Array], kernel: jax.Array, *,
+                    lowering: str | None = None) -> jax.Array:
+  """Convolution of x and upsampled pyramid branches, computed at the branches' size.
+
+  Equals `conv2d(concat([x, *(resize_bilinear_align_corners(y, (H, W)) for y in
+  branches)]), kernel, padding=k // 2)` without making the upsampled branches.
+  Resizing and convolution are linear, so the part W_y of the kernel that reads
+  branch y [N, b, b', C] contributes
+    out[n, p, q] = sum_ij sum_ac R_i[p, a] C_j[q, c] (y[n, a, c] @ W_y[i, j]),
+  R_i (C_j) the align_corners resize matrix of the rows (columns), zero padded
+  and shifted by tap i (j): a kh*kw-wide product at b x b' and two thin resizing
+  products instead of a (kh*kw*C)-deep one at H x W. For PSPNet's 3x3 head on
+  [2048 + 4 x 512] channels that halves the multiply-adds (the branches' share).
+  Branch products accumulate in float32; the sum is cast to x's dtype.
+  """
+  kh, kw, _, features = kernel.shape
+  if kh != kw or kh % 2 == 0:
+    raise UserError(f"conv_of_pyramid needs an odd square kernel, got {kernel.shape[:2]}")
+  n, height, width, channels = x.shape
+  if channels + sum(y.shape[-1] for y in branches) != kernel.shape[2]:
+    raise UserError(f"conv_of_pyramid: x and branches have {channels} + "
+                    f"{[y.shape[-1] for y in branches]} channels, the kernel reads "
+                    f"{kernel.shape[2]}")
+  out = conv2d(x, kernel[:, :, :channels], padding=kh // 2, lowering=lowering).astype(jnp.float32)
+  row_blocks, parts = [], []
+  for y in branches:
+    w_y = kernel[:, :, channels:channels + y.shape[-1]]
+    channels += y.shape[-1]
+    b_h, b_w = y.shape[1:3]
+    z = jnp.einsum("nacx,ijxd->niajcd", y, w_y, preferred_element_type=jnp.float32)
+    cols = jnp.asarray(_shifted_resize_matrices(b_w, width, kw))  # [W, kw * b_w]
+    z = jnp.einsum("qm,niamd->niaqd", cols, z.reshape(n, kh, b_h, kw * b_w, features))
+    parts.append(z.reshape(n, kh * b_h, width, features))
+    row_blocks.append(_shifted_resize_matrices(b_h, height, kh))  # [H, kh * b_h]
+  if parts:
+    rows = jnp.asarray(np.concatenate(row_blocks, axis=1))
+    out = out + jnp.einsum("pk,nkqd->npqd", rows, jnp.concatenate(parts, axis=1))
+  return out.astype(x.dtype)
+
+
 class PyramidPooling(nn.Module):
   """semseg `PPM`: [x, up(relu(bn(conv1x1(pool_b(x))))) for b in bins] on channels.
 
-  Submodules conv{k} / bn{k} for the k-th bin.
+  With `upsample=False`, the list [x, relu(bn(conv1x1(pool_b(x)))) for b in bins]
+  at bin size instead, for `conv_of_pyramid`. Submodules conv{k} / bn{k} for
+  the k-th bin.
   """
   bins: Sequence[int] = (1, 2, 3, 6)
   features: int = 512
+  upsample: bool = True
   dtype: Any = jnp.float32
   lowering: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    size = x.shape[1:3]
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | list[jax.Array]:
     branches = [x.astype(self.dtype)]
     for k, b in enumerate(self.bins):
       y = Conv2D(self.features, 1, dtype=self.dtype, lowering=self.lowering,
                  name=f"conv{k}")(adaptive_avg_pool(x, b))
       y = nn.relu(BatchNorm(dtype=self.dtype, name=f"bn{k}")(y, use_running_average=not train))
-      branches.append(resize_bilinear_align_corners(y, size))
-    return jnp.concatenate(branches, axis=-1)
+      branches.append(resize_bilinear_align_corners(y, x.shape[1:3]) if self.upsample else y)
+    return jnp.concatenate(branches, axis=-1) if self.upsample else branches
+
+
+class PyramidConv2D(nn.Module):
+  """`Conv2D` (no bias, padding kernel_size // 2) of a `PyramidPooling(upsample=False)`
+  list, through `conv_of_pyramid`: the same `kernel` parameter and output as
+  `Conv2D` on the upsampled concatenation."""
+  features: int
+  kernel_size: int = 3
+  dtype: Any = jnp.float32
+  lowering: str | None = None
+
+  @nn.compact
+  def __call__(self, pyramid: Sequence[jax.Array]) -> jax.Array:
+    shape = (self.kernel_size, self.kernel_size, sum(p.shape[-1] for p in pyramid),
+             self.features)
+    kernel = self.param("kernel", torch_default_kernel_init, shape, jnp.float32)
+    x, *branches = (p.astype(self.dtype) for p in pyramid)
+    return conv_of_pyramid(x, branches, kernel.astype(self.dtype), lowering=self.lowering)
 
 
 class SegmentationHead(nn.Module):
   """semseg `cls` / `aux`: 3x3 conv (no bias), BN, ReLU, Dropout2d, 1x1 conv (bias).
 
-  Submodules conv, bn, classifier.
+  Input: a feature map, or a `PyramidPooling(upsample=False)` list (the 3x3 conv
+  is then a `PyramidConv2D`). Submodules conv, bn, classifier.
   """
   features: int
   num_classes: int
@@ -85,9 +157,13 @@ class SegmentationHead(nn.Module):
   lowering: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = Conv2D(self.features, 3, padding=1, dtype=self.dtype, lowering=self.lowering,
-               name="conv")(x)
+  def __call__(self, x: jax.Array | Sequence[jax.Array], *, train: bool) -> jax.Array:
+    if isinstance(x, (list, tuple)):
+      x = PyramidConv2D(self.features, 3, dtype=self.dtype, lowering=self.lowering,
+                        name="conv")(x)
+    else:
+      x = Conv2D(self.features, 3, padding=1, dtype=self.dtype, lowering=self.lowering,
+                 name="conv")(x)
     x = nn.relu(BatchNorm(dtype=self.dtype, name="bn")(x, use_running_average=not train))
     # torch Dropout2d drops whole channels: one mask entry per (image, channel).
     x = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
@@ -106,6 +182,9 @@ class PSPNet(nn.Module):
     use_aux: build the auxiliary head on stage 3 (its parameters exist whatever
       the mode; it runs only in training).
     zoom_factor: 1, 2, 4 or 8; logits come out at (H - 1) / 8 * zoom_factor + 1.
+    factorized_head: the cls head's 3x3 conv reads the pyramid branches at bin
+      size (`conv_of_pyramid`; equal by linearity, half of its multiply-adds);
+      False: semseg's order, upsample and concatenate, then convolve.
     dtype: compute dtype (float32 parameters and BN statistics; float32 logits).
     lowering: conv2d lowering, "xla", "matmul" or None (per platform).
 
@@ -122,6 +201,7 @@ class PSPNet(nn.Module):
   dropout: float = 0.1
   use_aux: bool = True
   zoom_factor: int = 8
+  factorized_head: bool = True
   dtype: Any = jnp.float32
   lowering: str | None = None
 
@@ -137,8 +217,8 @@ class PSPNet(nn.Module):
     features = ResNet(self.layers, output_stride=8, deep_stem=True, outputs=("layer3", "layer4"),
                       dtype=self.dtype, lowering=self.lowering, name="backbone")(
                           images, train=train)
-    x = PyramidPooling(self.bins, 2048 // len(self.bins), dtype=self.dtype,
-                       lowering=self.lowering, name="ppm")(features["layer4"], train=train)
+    x = PyramidPooling(self.bins, 2048 // len(self.bins), upsample=not self.factorized_head,
+                       dtype=self.dtype, lowering=self.lowering, name="ppm")(features["layer4"], train=train)
     logits = SegmentationHead(512, self.num_classes, self.dropout, dtype=self.dtype,
                               lowering=self.lowering, name="cls")(x, train=train)
     logits = resize_bilinear_align_corners(logits.astype(jnp.float32), size)

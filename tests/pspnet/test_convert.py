@@ -66,8 +66,9 @@ def _nchw(x):
   return np.asarray(x).transpose(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("lowering", ["matmul", "xla"])
-def test_eval_logits_match_torch(torch_net, converted, images, lowering):
+@pytest.mark.parametrize("lowering,factorized_head", [("matmul", True), ("xla", True),
+                                                     ("xla", False)])
+def test_eval_logits_match_torch(torch_net, converted, images, lowering, factorized_head):
   model, variables = converted
   assert model.use_aux and model.layers == 50 and model.num_classes == CLASSES
   torch_net.eval()
@@ -75,8 +76,8 @@ def test_eval_logits_match_torch(torch_net, converted, images, lowering):
     want = torch_net(torch.from_numpy(images)).numpy()
     exact = torch_net.double()(torch.from_numpy(images).double()).numpy()
     torch_net.float()
-  got = _nchw(jax.jit(lambda v, x: model.clone(lowering=lowering).apply(v, x, train=False))(
-      variables, _nhwc(images)))
+  model = model.clone(lowering=lowering, factorized_head=factorized_head)
+  got = _nchw(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, _nhwc(images)))
   assert got.shape == want.shape == (2, CLASSES, 65, 65)
   assert np.abs(got - want).max() < 1e-4
   # As accurate as torch float32 against float64.

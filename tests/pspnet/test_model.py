@@ -2,15 +2,19 @@
 
 The whole network against PyTorch is in test_convert.py.
 """
+import chex
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn.resize import resize_bilinear_align_corners
 from readingnotes_jax.pspnet.model import (PSPNet, PyramidPooling, SegmentationHead,
-                                           adaptive_avg_pool, cross_entropy_ignore, pspnet_loss)
+                                           adaptive_avg_pool, conv_of_pyramid,
+                                           cross_entropy_ignore, pspnet_loss)
 
 
 def _count(tree) -> int:
@@ -121,6 +125,90 @@ def test_pyramid_pooling_matches_torch(train):
       variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=train, mutable=["batch_stats"])
   assert got.shape == (3, 11, 9, 32)
   np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, atol=1e-4)
+
+
+def _numpy_upsample(y: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+  """align_corners=True bilinear resize from the formula: sample at i (b - 1) / (out - 1)."""
+  def axis_weights(size, out):
+    weights = np.zeros((out, size))
+    for i in range(out):
+      s = i * (size - 1) / (out - 1) if out > 1 else 0.0
+      lo = int(np.floor(s))
+      weights[i, lo] += 1 - (s - lo)
+      weights[i, min(lo + 1, size - 1)] += s - lo
+    return weights
+  return np.einsum("ph,qw,nhwc->npqc", axis_weights(y.shape[1], out_h),
+                   axis_weights(y.shape[2], out_w), y)
+
+
+def _numpy_conv_same(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+  """Cross-correlation with k // 2 zeros on each side, straight from the sum."""
+  k = kernel.shape[0]
+  padded = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  h, w = x.shape[1:3]
+  return sum(np.einsum("nhwc,cd->nhwd", padded[:, i:i + h, j:j + w], kernel[i, j])
+             for i in range(k) for j in range(k))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_conv_of_pyramid_matches_conv_of_upsampled_concat(kernel_size):
+  """Forward against NumPy (upsample, concatenate, convolve); gradients against XLA's
+  convolution of the upsampled concatenation."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 7, 9, 5))
+  branches = [rng.normal(size=(2, b, b, c)) for b, c in ((1, 3), (2, 3), (3, 2), (6, 2))]
+  kernel = rng.normal(size=(kernel_size, kernel_size, 15, 4)) / 10
+  want = _numpy_conv_same(np.concatenate([x] + [_numpy_upsample(y, 7, 9) for y in branches],
+                                         axis=-1), kernel)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  got = jax.jit(conv_of_pyramid)(f32(x), [f32(y) for y in branches], f32(kernel))
+  chex.assert_shape(got, (2, 7, 9, 4))
+  np.testing.assert_allclose(got, want, atol=1e-4)
+
+  def reference(x, branches, kernel):
+    stacked = jnp.concatenate([x] + [resize_bilinear_align_corners(y, (7, 9))
+                                     for y in branches], axis=-1)
+    return jax.lax.conv_general_dilated(stacked, kernel, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  cotangent = f32(rng.normal(size=(2, 7, 9, 4)))
+  grads = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2)))(
+      f32(x), [f32(y) for y in branches], f32(kernel))
+  chex.assert_trees_all_close(grads(conv_of_pyramid), grads(reference), atol=1e-4)
+
+
+def test_conv_of_pyramid_channel_mismatch_raises():
+  x, y = jnp.zeros((1, 5, 5, 2)), jnp.zeros((1, 2, 2, 3))
+  with pytest.raises(UserError, match="kernel reads 4"):
+    conv_of_pyramid(x, [y], jnp.zeros((3, 3, 4, 1)))
+
+
+class _PyramidHead(nn.Module):
+  """PSPNet's ppm + cls head, with or without `factorized_head`."""
+  factorized: bool
+
+  @nn.compact
+  def __call__(self, x):
+    pyramid = PyramidPooling((1, 2, 3, 6), 4, upsample=not self.factorized, name="ppm")(
+        x, train=True)
+    return SegmentationHead(16, 5, dropout=0.0, name="cls")(pyramid, train=True)
+
+
+def test_factorized_head_equals_semseg_order():
+  """Same variables, same outputs and gradients with and without upsampling first."""
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 11, 9, 8)), jnp.float32)
+  variables = _PyramidHead(False).init(jax.random.key(0), x)
+  chex.assert_trees_all_equal_shapes(variables, _PyramidHead(True).init(jax.random.key(0), x))
+  results = {}
+  for factorized in (False, True):
+    def loss(params, module=_PyramidHead(factorized)):
+      out, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(out)), out
+    results[factorized] = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+  (_, want), want_grads = results[False]
+  (_, got), got_grads = results[True]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-4, atol=1e-4)
 
 
 def test_head_dropout_drops_whole_channels():
