@@ -19,6 +19,11 @@ matmul measured in the same run. Ratios are
 torch seconds / our seconds (> 1: we are faster). Prints one JSON line.
 
   python -m benchmarks.pspnet_step [--repeats 5] [--variants f32_auto,f32_matmul,...]
+      [--torch_bf16]
+
+On a GPU (JAX's default backend "gpu") the peer runs on CUDA too, and each timed
+call waits for the device; `--torch_bf16` adds the peer under
+`torch.autocast(dtype=bfloat16)` ("torch_bf16", ratios still against float32 torch).
 
 Reference measured here for the authors' PyTorch PSPNet-50 (150 classes): train
 step 2.7 s at batch 2, crop 233; inference 1.3 s at batch 1, crop 473.
@@ -46,7 +51,7 @@ VARIANTS = {"f32_auto": {}, "f32_matmul": {"lowering": "matmul"}, "f32_xla": {"l
 CLASSES = 150
 
 
-def matmul_peak(dtype, size: int = 4096, repeats: int = 5) -> tuple[float, float]:
+def matmul_peak(dtype, size: int, repeats: int = 5) -> tuple[float, float]:
   """FLOP per wall second and per CPU second of a size^3 matmul (best of repeats)."""
   a = jnp.ones((size, size), dtype)
   f = jax.jit(lambda a, b: a @ b)
@@ -87,14 +92,19 @@ def main() -> None:
   parser.add_argument("--infer_batch", type=int, default=1)
   parser.add_argument("--infer_crop", type=int, default=473)
   parser.add_argument("--variants", default="f32_auto,f32_concat,f32_xla,bf16_auto")
+  parser.add_argument("--torch_bf16", action="store_true")
   args = parser.parse_args()
+  gpu = jax.default_backend() == "gpu"
+  device = torch.device("cuda" if gpu else "cpu")
+  sync = torch.cuda.synchronize if gpu else lambda: None
   variants = args.variants.split(",")
   result = {"device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
             "torch": torch.__version__, "train": [args.train_batch, args.train_crop],
             "infer": [args.infer_batch, args.infer_crop], "load_before": os.getloadavg()[0]}
   for dtype in ("f32", "bf16"):
-    wall, per_cpu = matmul_peak(jnp.float32 if dtype == "f32" else jnp.bfloat16)
+    wall, per_cpu = matmul_peak(jnp.float32 if dtype == "f32" else jnp.bfloat16,
+                                8192 if gpu else 4096)
     result[f"peak_{dtype}_gflops"] = round(wall / 1e9, 1)
     result[f"peak_{dtype}_gflop_per_cpu_s"] = round(per_cpu / 1e9, 1)
 
@@ -102,6 +112,7 @@ def main() -> None:
   torch.manual_seed(0)
   net = torch_pspnet.PSPNet(50, classes=CLASSES)
   _, variables = load_semseg_checkpoint(net.state_dict(), CLASSES, 50)
+  net.to(device)
   rng = np.random.default_rng(0)
   train_images = rng.normal(size=(args.train_batch, 3, args.train_crop, args.train_crop))
   train_images = train_images.astype(np.float32)
@@ -112,26 +123,33 @@ def main() -> None:
 
   optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
   criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
-  t_train_images, t_labels = torch.from_numpy(train_images), torch.from_numpy(labels)
-  t_infer_images = torch.from_numpy(infer_images)
+  t_train_images, t_labels, t_infer_images = (
+      torch.from_numpy(a).to(device) for a in (train_images, labels, infer_images))
 
-  def torch_train():
+  def torch_train(bf16=False):
     net.train()
     optimizer.zero_grad(set_to_none=True)
-    logits, aux = net(t_train_images)
-    (criterion(logits, t_labels) + 0.4 * criterion(aux, t_labels)).backward()
+    with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+      logits, aux = net(t_train_images)
+      loss = criterion(logits.float(), t_labels) + 0.4 * criterion(aux.float(), t_labels)
+    loss.backward()
     optimizer.step()
+    sync()
 
-  def torch_infer():
+  def torch_infer(bf16=False):
     net.eval()
-    with torch.no_grad():
-      return net(t_infer_images)
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+      out = net(t_infer_images)
+    sync()
+    return out
 
   to_nhwc = lambda x: jnp.asarray(x.transpose(0, 2, 3, 1))
   j_train_images, j_labels = to_nhwc(train_images), jnp.asarray(labels)
   j_infer_images = to_nhwc(infer_images)
   sgd = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
   runners = {"torch": {"train": torch_train, "infer": torch_infer}}
+  if args.torch_bf16:
+    runners["torch_bf16"] = {"train": lambda: torch_train(True), "infer": lambda: torch_infer(True)}
   peer_model = PSPNet(CLASSES, lowering="xla", factorized_head=False)
   peer_state = (variables["params"], variables["batch_stats"], sgd.init(variables["params"]))
   peer_train = make_train_step(peer_model, sgd).lower(
@@ -164,7 +182,7 @@ def main() -> None:
 
     runners[name] = {"train": jax_train, "infer": jax_infer}
     result[f"{name}_infer_max_abs_diff_vs_torch"] = float(np.abs(
-        np.asarray(jax_infer()).transpose(0, 3, 1, 2) - torch_infer().numpy()).max())
+        np.asarray(jax_infer()).transpose(0, 3, 1, 2) - torch_infer().cpu().numpy()).max())
 
   times = {name: {"train": [], "infer": []} for name in runners}
   for phase in ("train", "infer"):
@@ -180,6 +198,10 @@ def main() -> None:
   for phase in ("train", "infer"):
     result[f"torch_{phase}_s"] = round(median["torch"][phase], 3)
     result[f"torch_{phase}_cpu_s"] = round(cpu["torch"][phase], 3)
+    if args.torch_bf16:
+      result[f"torch_bf16_{phase}_s"] = round(median["torch_bf16"][phase], 3)
+      result[f"torch_bf16_{phase}_ratio"] = round(
+          median["torch"][phase] / median["torch_bf16"][phase], 3)
     for name in variants:
       seconds = median[name][phase]
       result[f"{name}_{phase}_s"] = round(seconds, 3)
@@ -191,11 +213,12 @@ def main() -> None:
     reference_flops = flops["peer"][phase]
     result[f"{phase}_gflop"] = round(reference_flops / 1e9, 1)
     result[f"torch_{phase}_gflops"] = round(reference_flops / median["torch"][phase] / 1e9, 1)
-  for name in variants:  # per CPU second: fair on a busy machine too
-    peak = result[f"peak_{name.split('_')[0]}_gflop_per_cpu_s"] * 1e9
+  for name in variants:  # CPU: per CPU second, fair on a busy machine too
+    peak = result[f"peak_{name.split('_')[0]}_gflop{'s' if gpu else '_per_cpu_s'}"] * 1e9
     for phase in ("train", "infer"):
+      seconds = (median if gpu else cpu)[name][phase]
       result[f"{name}_{phase}_fraction_of_peak"] = round(
-          flops["peer"][phase] / cpu[name][phase] / peak, 3)
+          flops["peer"][phase] / seconds / peak, 3)
   result["load_after"] = os.getloadavg()[0]
   print(json.dumps(result))
 
