@@ -12,9 +12,9 @@ upsampled, concatenated pyramid as semseg does; the other variants use
 `conv_of_pyramid`, the same function with half of that conv's work). Train step: forward in
 training mode, loss main + 0.4 aux (ignore 255), backward, SGD momentum 0.9 with
 weight decay 1e-4 (an optax step written here, the same as torch.optim.SGD).
-Achieved FLOP/s divide the network's FLOPs as the peer computes them (XLA's
-cost analysis of the float32 "xla", semseg-order step; each variant's own
-count is printed too) by the time; the peak is a 4096^3 float32 (and bfloat16)
+Achieved FLOP/s divide the network's FLOPs as the peer computes them (XLA:CPU's
+cost analysis of the float32 "xla", semseg-order step; on CPU each variant's
+own count is printed too) by the time; the peak is a 4096^3 float32 (and bfloat16)
 matmul measured in the same run. Ratios are
 torch seconds / our seconds (> 1: we are faster). Prints one JSON line.
 
@@ -101,7 +101,9 @@ def main() -> None:
   result = {"device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
             "torch": torch.__version__, "train": [args.train_batch, args.train_crop],
-            "infer": [args.infer_batch, args.infer_crop], "load_before": os.getloadavg()[0]}
+            "infer": [args.infer_batch, args.infer_crop], "load_before": os.getloadavg()[0],
+            "jax_matmul_precision": str(jax.config.jax_default_matmul_precision),
+            "torch_cudnn_tf32": torch.backends.cudnn.allow_tf32}
   for dtype in ("f32", "bf16"):
     wall, per_cpu = matmul_peak(jnp.float32 if dtype == "f32" else jnp.bfloat16,
                                 8192 if gpu else 4096)
@@ -150,12 +152,14 @@ def main() -> None:
   runners = {"torch": {"train": torch_train, "infer": torch_infer}}
   if args.torch_bf16:
     runners["torch_bf16"] = {"train": lambda: torch_train(True), "infer": lambda: torch_infer(True)}
+  # Counted on the CPU backend: XLA:GPU's cost analysis leaves out cuDNN's convolutions.
+  cpu_device = jax.devices("cpu")[0]
   peer_model = PSPNet(CLASSES, lowering="xla", factorized_head=False)
-  peer_state = (variables["params"], variables["batch_stats"], sgd.init(variables["params"]))
-  peer_train = make_train_step(peer_model, sgd).lower(
-      peer_state, j_train_images, j_labels, jax.random.key(0))
+  peer_train = make_train_step(peer_model, sgd).lower(*jax.device_put(
+      ((variables["params"], variables["batch_stats"], sgd.init(variables["params"])),
+       j_train_images, j_labels, jax.random.key(0)), cpu_device))
   peer_infer = jax.jit(lambda v, x: peer_model.apply(v, x, train=False)).lower(
-      variables, j_infer_images)
+      *jax.device_put((variables, j_infer_images), cpu_device))
   flops = {"peer": {"train": peer_train.compile().cost_analysis()["flops"],
                     "infer": peer_infer.compile().cost_analysis()["flops"]}}
   for name in variants:
@@ -208,7 +212,8 @@ def main() -> None:
       result[f"{name}_{phase}_ratio"] = round(median["torch"][phase] / seconds, 3)
       result[f"{name}_{phase}_cpu_s"] = round(cpu[name][phase], 3)
       result[f"{name}_{phase}_cpu_ratio"] = round(cpu["torch"][phase] / cpu[name][phase], 3)
-      result[f"{name}_{phase}_gflop"] = round(flops[name][phase] / 1e9, 1)
+      if not gpu:
+        result[f"{name}_{phase}_gflop"] = round(flops[name][phase] / 1e9, 1)
       result[f"{name}_{phase}_gflops"] = round(flops["peer"][phase] / seconds / 1e9, 1)
     reference_flops = flops["peer"][phase]
     result[f"{phase}_gflop"] = round(reference_flops / 1e9, 1)
