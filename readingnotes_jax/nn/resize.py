@@ -15,53 +15,47 @@ import numpy as np
 from readingnotes_jax.errors import UserError
 
 
-def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Left index, right index and right weight of each output sample on one axis.
+def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out_size, in_size] float32 matrix of the align_corners=True resize of one axis.
 
-  Matches PyTorch's `area_pixel_compute_scale` with align_corners=True: the scale
-  is (in - 1) / (out - 1), or 0 for a single output sample.
+  Row i blends input samples floor(s) and floor(s) + 1 at s = i (in - 1) / (out - 1)
+  (0 for a single output sample), as PyTorch's `area_pixel_compute_scale` with
+  align_corners=True.
   """
   scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
   source = np.arange(out_size, dtype=np.float64) * scale
-  left = np.minimum(np.floor(source).astype(np.int32), in_size - 1)
+  left = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
   right = np.minimum(left + 1, in_size - 1)
-  return left, right, (source - left).astype(np.float32)
-
-
-def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] float32 matrix of the align_corners=True resize of one axis."""
-  left, right, weight = _taps(in_size, out_size)
-  matrix = np.zeros((out_size, in_size), np.float32)
+  matrix = np.zeros((out_size, in_size), np.float64)
   rows = np.arange(out_size)
-  np.add.at(matrix, (rows, left), 1 - weight)
-  np.add.at(matrix, (rows, right), weight)
-  return matrix
-
-
-def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
-  left, right, weight = _taps(x.shape[axis], out_size)
-  shape = [1] * x.ndim
-  shape[axis] = out_size
-  weight = jnp.asarray(weight.reshape(shape), x.dtype)
-  lo = jnp.take(x, left, axis=axis)
-  hi = jnp.take(x, right, axis=axis)
-  return lo + (hi - lo) * weight
+  np.add.at(matrix, (rows, left), 1 - (source - left))
+  np.add.at(matrix, (rows, right), source - left)
+  return matrix.astype(np.float32)
 
 
 def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """Resizes NHWC `x` to spatial `size` = (h, w), bilinear with aligned corners.
 
   Equals `torch.nn.functional.interpolate(x, size, mode='bilinear',
-  align_corners=True)` on the NCHW transpose. Separable: height, then width,
-  each a gather of the two neighbours and a linear blend.
+  align_corners=True)` on the NCHW transpose. Separable: width, then height,
+  each a product with that axis' `align_corners_matrix` in float32 at full
+  precision, batched so that no transpose is needed. Products rather than
+  gathers because their gradients are products too: the gradient of a gather
+  is a scatter-add, slow on XLA:CPU (PSPNet-50 train step, same process:
+  bfloat16 2.50 -> 2.35 s, float32 3.13 -> 3.04 s; inference unchanged).
   """
   if x.ndim != 4 or len(size) != 2 or min(size) < 1:
     raise UserError(
         f"resize_bilinear_align_corners wants NHWC input and size (h, w) >= 1; got "
         f"input shape {x.shape} and size {tuple(size)}")
   out_h, out_w = int(size[0]), int(size[1])
-  if out_h != x.shape[1]:
-    x = _resize_axis(x, 1, out_h)
-  if out_w != x.shape[2]:
-    x = _resize_axis(x, 2, out_w)
-  return x
+  n, h, w, c = x.shape
+  y = x.astype(jnp.float32)
+  highest = jax.lax.Precision.HIGHEST
+  if out_w != w:  # [n, h] batches of [out_w, w] @ [w, c]
+    cols = jnp.broadcast_to(jnp.asarray(align_corners_matrix(w, out_w)), (n, h, out_w, w))
+    y = jnp.einsum("nhqw,nhwc->nhqc", cols, y, precision=highest)
+  if out_h != h:  # [n] batches of [out_h, h] @ [h, out_w * c]
+    rows = jnp.broadcast_to(jnp.asarray(align_corners_matrix(h, out_h)), (n, out_h, h))
+    y = jnp.einsum("nph,nhk->npk", rows, y.reshape(n, h, -1), precision=highest)
+  return y.reshape(n, out_h, out_w, c).astype(x.dtype)
