@@ -218,7 +218,8 @@ class PSPNet(nn.Module):
                       dtype=self.dtype, lowering=self.lowering, name="backbone")(
                           images, train=train)
     x = PyramidPooling(self.bins, 2048 // len(self.bins), upsample=not self.factorized_head,
-                       dtype=self.dtype, lowering=self.lowering, name="ppm")(features["layer4"], train=train)
+                       dtype=self.dtype, lowering=self.lowering, name="ppm")(
+                           features["layer4"], train=train)
     logits = SegmentationHead(512, self.num_classes, self.dropout, dtype=self.dtype,
                               lowering=self.lowering, name="cls")(x, train=train)
     logits = resize_bilinear_align_corners(logits.astype(jnp.float32), size)
