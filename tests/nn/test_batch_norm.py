@@ -72,3 +72,55 @@ def test_bfloat16_output_float32_statistics():
   x32 = np.asarray(x, np.float32)
   want = (x32 - x32.mean((0, 1, 2))) / np.sqrt(x32.var((0, 1, 2)) + 1e-5)
   np.testing.assert_allclose(np.asarray(y, np.float32), want, atol=3e-2)
+
+
+def test_bfloat16_gradients_match_torch_float32():
+  """bfloat16 input and output, gradients as accurate as bfloat16 allows: against torch's
+  float32 backward on the same (bfloat16-rounded) numbers. JAX's own gradient of the
+  bfloat16 normalization missed dx by ~50% here."""
+  rng = np.random.default_rng(3)
+  shape = (2, 12, 12, 64)
+  x = jnp.asarray(rng.normal(1.0, 2.0, size=shape), jnp.bfloat16)
+  cotangent = jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+  variables = _variables(rng, shape[-1])
+  bn = _torch_bn(variables).train()
+  tx = torch.from_numpy(np.asarray(x, np.float32).transpose(0, 3, 1, 2)).requires_grad_(True)
+  bn(tx).backward(torch.from_numpy(np.asarray(cotangent, np.float32).transpose(0, 3, 1, 2)))
+
+  def f(params, x):
+    y, _ = BatchNorm(dtype=jnp.bfloat16).apply(
+        {"params": params, "batch_stats": variables["batch_stats"]}, x,
+        use_running_average=False, mutable=["batch_stats"])
+    return jnp.sum(y.astype(jnp.float32) * cotangent.astype(jnp.float32))
+
+  grad_params, grad_x = jax.grad(f, argnums=(0, 1))(variables["params"], x)
+  assert grad_x.dtype == jnp.bfloat16
+  want_x = tx.grad.numpy().transpose(0, 2, 3, 1)
+  assert np.abs(np.asarray(grad_x, np.float32) - want_x).max() < 0.01 * np.abs(want_x).max()
+  np.testing.assert_allclose(grad_params["scale"], bn.weight.grad.numpy(), rtol=0.01, atol=0.05)
+  np.testing.assert_allclose(grad_params["bias"], bn.bias.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_gradients_through_the_batch_statistics():
+  """Losses reading the returned batch mean and variance too: against JAX's gradient of
+  the formula written here in float32."""
+  from readingnotes_jax.nn.batch_norm import _batch_norm_train
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(3, 4, 5, 6)), jnp.float32)
+  scale, bias = jnp.asarray(rng.uniform(0.5, 1.5, 6), jnp.float32), jnp.asarray(rng.normal(size=6),
+                                                                                  jnp.float32)
+  weights = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((3, 4, 5, 6), (6,), (6,))]
+
+  def formula(x, scale, bias):
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias, mean, var
+
+  def loss(fn):
+    return lambda *a: sum(jnp.sum(w * o) for w, o in zip(weights, fn(*a)))
+
+  got = jax.grad(loss(lambda *a: _batch_norm_train(*a, 1e-5, jnp.float32)), argnums=(0, 1, 2))(
+      x, scale, bias)
+  want = jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
