@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.nn.batch_norm import BatchNorm
 from readingnotes_jax.nn.conv import conv2d
+from readingnotes_jax.nn.pool import max_pool
 
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -138,7 +139,7 @@ class Stem(nn.Module):
                  lowering=self.lowering, kernel_init=kaiming_normal_fan_out,
                  name=f"conv{i}")(x)
       x = nn.relu(BatchNorm(dtype=self.dtype, name=f"bn{i}")(x, use_running_average=running))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, 3, 2, 1)
 
 
 class Stage(nn.Module):
