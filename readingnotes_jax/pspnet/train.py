@@ -71,6 +71,7 @@ def build_model(config: ml_collections.ConfigDict) -> PSPNet:
     raise UserError(f"model.dtype={m.dtype!r}: use one of {sorted(_DTYPES)}")
   return PSPNet(num_classes=len(pspnet_data.dataset(config).class_names), layers=m.layers,
                 bins=tuple(m.bins), dropout=m.dropout, use_aux=m.use_aux,
+                factorized_head=m.get("factorized_head", True),  # absent in older config.json
                 dtype=_DTYPES[m.dtype], lowering=m.lowering or None)
 
 

@@ -17,9 +17,9 @@ against the full-resolution validation labels:
   READINGNOTES_DATA=../shared/data python -m experiments.train \
       --config experiments/configs/pspnet/camvid_pspnet50.py:runlocal --workdir runs/camvid_local
 
-Measured (2026-11-26, from scratch, seed 0): val mIoU 0.178, mAcc 0.259, aAcc 0.605
-(Sky 0.78, Road 0.69, Building 0.44 IoU); 8 min 31 s wall on an idle 2-core AMD EPYC from
-a fresh clone (972 s of CPU time), of which the final validation 39 s.
+Measured (2026-11-26, from scratch, seed 0, commit ecbabce): val mIoU 0.186, mAcc 0.286,
+aAcc 0.604; 7 min 20 s wall on an idle 2-core AMD EPYC from a fresh clone (830 s of CPU
+time), of which the final validation 35 s.
 """
 from experiments.configs.pspnet.common import apply_variant, base_config
 

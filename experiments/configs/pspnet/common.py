@@ -17,9 +17,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.checkpoint_every_steps = 1000
   # XLA:CPU only: dots and convolutions through YNNPACK (nn.conv.enable_xla_cpu_ynn). On the
-  # AMD EPYC PSPNet-50 ran about as fast either way (benchmarks/pspnet_step.py, ratios to
-  # torch with / without: float32 train 0.82 / 0.83, inference 0.93 / 0.89; bfloat16 train
-  # 1.23 / 1.29, inference 1.42 / 1.46), so it stays off.
+  # AMD EPYC PSPNet-50 ran about as fast either way (benchmarks/pspnet_step.py at commit
+  # 8ea047c, before the factorized head, ratios to torch with / without: float32 train
+  # 0.82 / 0.83, inference 0.93 / 0.89; bfloat16 train 1.23 / 1.29, inference 1.42 / 1.46),
+  # so it stays off.
   c.xla_cpu_ynn = False
 
   c.data = ml_collections.ConfigDict()
@@ -37,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bins = (1, 2, 3, 6)
   c.model.dropout = 0.1
   c.model.use_aux = True
+  c.model.factorized_head = True   # cls conv at the pyramid's bin size (same function);
+                                   # False: semseg's order, upsample then convolve.
   c.model.dtype = "float32"        # compute dtype; bfloat16 keeps parameters in float32.
   c.model.lowering = ""            # conv lowering: "" (per platform), "xla" or "matmul".
 
