@@ -160,8 +160,9 @@ def _low_precision(dtype) -> bool:
   return dtype in (jnp.bfloat16, jnp.float16)
 
 
-def _taps(x, kh, kw, stride, dilation, out_h, out_w):
-  """(i, j, x[:, i*d : ... : stride, j*d : ... : stride, :]) for each kernel tap of padded x."""
+def kernel_taps(x, kh, kw, stride, dilation, out_h, out_w):
+  """(i, j, x[:, i*d : ... : stride, j*d : ... : stride, :]) for each kernel tap of padded NHWC x,
+  each cropped to the out_h x out_w output positions (also `nn.pool.max_pool`'s windows)."""
   n, _, _, c = x.shape
   for i in range(kh):
     for j in range(kw):
@@ -198,7 +199,7 @@ def _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w):
   x = _pad(x, pad_h, pad_w)
   c = x.shape[-1]
   out = None
-  for i, j, tap in _taps(x, kh, kw, stride, dilation, out_h, out_w):
+  for i, j, tap in kernel_taps(x, kh, kw, stride, dilation, out_h, out_w):
     if _low_precision(x.dtype):
       y = _matmul_f32(tap.reshape(-1, c), kernel[i, j]).reshape(tap.shape[:3] + (-1,))
     else:
@@ -221,18 +222,24 @@ def _conv_stride1(x, kernel, dilation, pad_h, pad_w):
   (PSPNet's 3x3 4096->512 head), `_shifted_outputs`: one wide GEMM instead of
   kh*kw thin ones.
   """
-  kh, kw, c, d = kernel.shape
-  if kh * kw > 1 and c >= WIDE_RATIO * d:
+  if _wide_input(kernel.shape):
     return _shifted_outputs(x, kernel, dilation, pad_h, pad_w)
+  kh, kw = kernel.shape[:2]
   x = _pad(x, pad_h, pad_w)
   n, h, w, c = x.shape
   out_h, out_w = h - (kh - 1) * dilation, w - (kw - 1) * dilation
   accumulate = jnp.float32 if _low_precision(x.dtype) else None
   out = None
-  for i, j, tap in _taps(x, kh, kw, 1, dilation, out_h, out_w):
+  for i, j, tap in kernel_taps(x, kh, kw, 1, dilation, out_h, out_w):
     y = jnp.dot(tap.reshape(-1, c), kernel[i, j], preferred_element_type=accumulate)
     out = y if out is None else out + y
   return out.reshape(n, out_h, out_w, -1).astype(x.dtype)
+
+
+def _wide_input(kernel_shape) -> bool:
+  """A kh x kw kernel (not 1x1) reading at least WIDE_RATIO times more channels than it writes."""
+  kh, kw, c, d = kernel_shape
+  return kh * kw > 1 and c >= WIDE_RATIO * d
 
 
 def _shifted_outputs(x, kernel, dilation, pad_h, pad_w):
@@ -264,17 +271,17 @@ def _conv_stride1_fwd(x, kernel, dilation, pad_h, pad_w):
 
 def _conv_stride1_bwd(dilation, pad_h, pad_w, residuals, g):
   x, kernel = residuals
-  kh, kw, c, d = kernel.shape
+  kh, kw = kernel.shape[:2]
   span_h, span_w = (kh - 1) * dilation, (kw - 1) * dilation
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
   dx = _conv_stride1(g, flipped, dilation, (span_h - pad_h[0], span_h - pad_h[1]),
                      (span_w - pad_w[0], span_w - pad_w[1]))
-  if kh * kw > 1 and c >= WIDE_RATIO * d and not _low_precision(x.dtype):
+  if _wide_input(kernel.shape) and not _low_precision(x.dtype):
     dw = _kernel_grad_shifted_g(x, g, kh, kw, dilation, pad_h, pad_w)
     return dx.astype(x.dtype), dw.astype(kernel.dtype)
   g2d = g.reshape(-1, g.shape[-1])
   dw = []
-  for _, _, tap in _taps(_pad(x, pad_h, pad_w), kh, kw, 1, dilation, *g.shape[1:3]):
+  for _, _, tap in kernel_taps(_pad(x, pad_h, pad_w), kh, kw, 1, dilation, *g.shape[1:3]):
     if _low_precision(x.dtype):  # measured fastest for bf16 on CPU
       dw.append(jnp.einsum("nhwc,nhwd->cd", tap, g, preferred_element_type=jnp.float32))
     else:  # measured fastest for float32 on CPU
@@ -301,9 +308,7 @@ def _kernel_grad_shifted_g(x, g, kh, kw, dilation, pad_h, pad_w):
             for i in range(kh) for j in range(kw)]
   shifts = [jax.lax.slice(gpad, (0, top, left, 0), (n, top + h, left + w, d))
             for top, left in starts]
-  accumulate = jnp.float32 if _low_precision(x.dtype) else None
-  dw = jnp.dot(x.reshape(-1, c).T, jnp.stack(shifts, axis=3).reshape(-1, kh * kw * d),
-               preferred_element_type=accumulate)
+  dw = jnp.dot(x.reshape(-1, c).T, jnp.stack(shifts, axis=3).reshape(-1, kh * kw * d))
   return dw.reshape(c, kh, kw, d).transpose(1, 2, 0, 3)
 
 

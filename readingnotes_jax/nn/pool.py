@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn.conv import kernel_taps
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
@@ -27,16 +28,6 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
   return _max_pool(x.astype(jnp.float32), window, stride, padding).astype(x.dtype)
 
 
-def _window_slices(xp, window, stride, out_h, out_w):
-  """(i, j, xp[:, i::stride, j::stride, :] cropped to the output) for each window offset."""
-  n, _, _, c = xp.shape
-  for i in range(window):
-    for j in range(window):
-      yield i, j, jax.lax.slice(
-          xp, (0, i, j, 0), (n, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
-          (1, stride, stride, 1))
-
-
 def _padded(x, padding):
   return jax.lax.pad(x, jnp.array(-jnp.inf, x.dtype),
                      ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0)))
@@ -46,7 +37,7 @@ def _padded(x, padding):
 def _max_pool(x, window, stride, padding):
   out_h, out_w = ((size + 2 * padding - window) // stride + 1 for size in x.shape[1:3])
   out = None
-  for _, _, tap in _window_slices(_padded(x, padding), window, stride, out_h, out_w):
+  for _, _, tap in kernel_taps(_padded(x, padding), window, window, stride, 1, out_h, out_w):
     out = tap if out is None else jnp.maximum(out, tap)
   return out
 
@@ -62,7 +53,7 @@ def _max_pool_bwd(window, stride, padding, residuals, g):
   out_h, out_w = out.shape[1:3]
   taken = jnp.zeros(out.shape, bool)
   dxp = jnp.zeros(xp.shape, x.dtype)
-  for i, j, tap in _window_slices(xp, window, stride, out_h, out_w):
+  for i, j, tap in kernel_taps(xp, window, window, stride, 1, out_h, out_w):
     first = (tap == out) & ~taken
     taken = taken | first
     # Back to the tap's positions in padded x: interior padding stride - 1.
