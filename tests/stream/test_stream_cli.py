@@ -33,7 +33,10 @@ def clip(tmp_path_factory) -> pathlib.Path:
 def test_command_streams_and_stops_cleanly(clip, stop):
   process = subprocess.Popen(
       [sys.executable, "-m", "readingnotes_jax.stream", "--source", f"demo={clip}", "--port", "0",
-       "--loop", "--fps", "50"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+       "--loop", "--fps", "50"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+      # A shell starting the suite in the background (`cmd &`) makes it ignore SIGINT, and
+      # children inherit that: give the command the default, as from a terminal.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   lines = queue.Queue()
   reader = threading.Thread(target=lambda: [lines.put(l) for l in process.stderr], daemon=True)
   reader.start()
