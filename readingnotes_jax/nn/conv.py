@@ -122,7 +122,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
 
   Args:
     x: input, NHWC.
-    kernel: HWIO weights, same dtype as `x` (the caller casts).
+    kernel: HWIO weights in the dtype of `x`, or float32 weights for a bfloat16 /
+      float16 `x` (mixed precision: cast inside; with the "matmul" lowering at
+      stride 1 the kernel gradient is then float32, accumulated without rounding).
     stride: spatial stride (both axes).
     dilation: kernel dilation (both axes).
     padding: "SAME" (TensorFlow's rule, output size ceil(H / stride)),
@@ -136,6 +138,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
     raise UserError(f"conv2d needs x [N,H,W,C] and kernel [kh,kw,C,Cout], got "
                     f"{x.shape} and {kernel.shape}: fix the input channels")
+  if kernel.dtype != x.dtype and not (_low_precision(x.dtype) and kernel.dtype == jnp.float32):
+    raise UserError(f"conv2d: kernel dtype {kernel.dtype} with input dtype {x.dtype}: pass "
+                    f"the kernel in the input's dtype (or float32 for bfloat16 / float16)")
   if lowering is None:
     lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2], stride)
   if lowering not in LOWERINGS:
@@ -150,7 +155,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   pad_w = _pads(x.shape[2], kw, stride, dilation, padding)
   if lowering == "xla":
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(stride, stride), padding=(pad_h, pad_w),
+        x, kernel.astype(x.dtype), window_strides=(stride, stride), padding=(pad_h, pad_w),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w)
@@ -196,6 +201,7 @@ def _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w):
                     f"dilated kernel: use a larger input or more padding")
   if stride == 1:
     return _conv_stride1(x, kernel, dilation, pad_h, pad_w)
+  kernel = kernel.astype(x.dtype)
   x = _pad(x, pad_h, pad_w)
   c = x.shape[-1]
   out = None
@@ -221,7 +227,11 @@ def _conv_stride1(x, kernel, dilation, pad_h, pad_w):
   When the input is at least `WIDE_RATIO` times wider than the output
   (PSPNet's 3x3 4096->512 head), `_shifted_outputs`: one wide GEMM instead of
   kh*kw thin ones.
+
+  A float32 kernel with a low-precision x is cast here, and its gradient is
+  returned in float32 straight from the float32 accumulation.
   """
+  kernel = kernel.astype(x.dtype)
   if _wide_input(kernel.shape):
     return _shifted_outputs(x, kernel, dilation, pad_h, pad_w)
   kh, kw = kernel.shape[:2]
@@ -273,7 +283,7 @@ def _conv_stride1_bwd(dilation, pad_h, pad_w, residuals, g):
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
   span_h, span_w = (kh - 1) * dilation, (kw - 1) * dilation
-  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  flipped = jnp.flip(kernel.astype(x.dtype), (0, 1)).transpose(0, 1, 3, 2)
   dx = _conv_stride1(g, flipped, dilation, (span_h - pad_h[0], span_h - pad_h[1]),
                      (span_w - pad_w[0], span_w - pad_w[1]))
   if _wide_input(kernel.shape) and not _low_precision(x.dtype):

@@ -56,6 +56,9 @@ def stage_strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tu
 class Conv2D(nn.Module):
   """Convolution with a float32 HWIO `kernel` (and `bias`), computed in `dtype`.
 
+  The kernel goes to `conv2d` in float32 (cast there), so in bfloat16 its
+  gradient is float32, not rounded to bfloat16 and back.
+
   `padding` is the number of zeros on each side, as torch's Conv2d `padding`.
   `kernel_init` defaults to torch's Conv2d default; the bias is always torch's
   default, U(+-1/sqrt(fan_in)).
@@ -74,7 +77,7 @@ class Conv2D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
     kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride,
+    y = conv2d(x.astype(self.dtype), kernel, stride=self.stride,
                dilation=self.dilation, padding=self.padding, lowering=self.lowering)
     if self.use_bias:
       bound = 1.0 / math.sqrt(math.prod(shape[:-1]))

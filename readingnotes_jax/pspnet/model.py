@@ -75,7 +75,8 @@ def conv_of_pyramid(x: jax.Array, branches: Sequence[jax.Array], kernel: jax.Arr
   and shifted by tap i (j): a kh*kw-wide product at b x b' and two thin resizing
   products instead of a (kh*kw*C)-deep one at H x W. For PSPNet's 3x3 head on
   [2048 + 4 x 512] channels that halves the multiply-adds (the branches' share).
-  Branch products accumulate in float32; the sum is cast to x's dtype.
+  Branch products accumulate in float32; the sum is cast to x's dtype. The
+  kernel may be float32 with bfloat16 x and branches (as in `conv2d`).
   """
   kh, kw, _, features = kernel.shape
   if kh != kw or kh % 2 == 0:
@@ -91,7 +92,8 @@ def conv_of_pyramid(x: jax.Array, branches: Sequence[jax.Array], kernel: jax.Arr
     w_y = kernel[:, :, channels:channels + y.shape[-1]]
     channels += y.shape[-1]
     b_h, b_w = y.shape[1:3]
-    z = jnp.einsum("nacx,ijxd->niajcd", y, w_y, preferred_element_type=jnp.float32)
+    z = jnp.einsum("nacx,ijxd->niajcd", y, w_y.astype(y.dtype),
+                   preferred_element_type=jnp.float32)
     cols = jnp.asarray(_shifted_resize_matrices(b_w, width, kw))  # [W, kw * b_w]
     z = jnp.einsum("qm,niamd->niaqd", cols, z.reshape(n, kh, b_h, kw * b_w, features))
     parts.append(z.reshape(n, kh * b_h, width, features))
@@ -141,7 +143,7 @@ class PyramidConv2D(nn.Module):
              self.features)
     kernel = self.param("kernel", torch_default_kernel_init, shape, jnp.float32)
     x, *branches = (p.astype(self.dtype) for p in pyramid)
-    return conv_of_pyramid(x, branches, kernel.astype(self.dtype), lowering=self.lowering)
+    return conv_of_pyramid(x, branches, kernel, lowering=self.lowering)
 
 
 class SegmentationHead(nn.Module):

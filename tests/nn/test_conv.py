@@ -240,3 +240,38 @@ def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padd
       w = np.asarray(w)
       np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=tolerance,
                                  atol=tolerance * np.abs(w).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("lowering", ["xla", "matmul"])
+@pytest.mark.parametrize("k,s,d,cin,cout", [(3, 1, 2, 8, 5), (3, 1, 1, 20, 5), (1, 1, 1, 8, 5),
+                                           (3, 2, 1, 8, 5)])
+def test_float32_kernel_with_bfloat16_input(lowering, k, s, d, cin, cout):
+  """Mixed precision: the values are those of the bf16-rounded kernel, and at stride 1 the
+  matmul lowering's kernel gradient is float32 from the float32 accumulation (NumPy in
+  float64 on the same bf16 numbers; bf16 rounding of the gradient would miss 1e-5)."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, 7, 6, cin)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.2, jnp.float32)
+  kernel16 = kernel.astype(jnp.bfloat16)
+  fn = lambda x, w: conv.conv2d(x, w, stride=s, dilation=d, lowering=lowering)
+  y, pullback = jax.vjp(jax.jit(fn), x, kernel)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(y, np.float32),
+                                np.asarray(jax.jit(fn)(x, kernel16), np.float32))
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.bfloat16)
+  gx, gw = pullback(g)
+  assert (gx.dtype, gw.dtype) == (jnp.bfloat16, jnp.float32)
+  f64 = lambda a: np.asarray(a, np.float32).astype(np.float64)
+  _, vjp = _conv_np(f64(x), f64(kernel16), s, d, "SAME")
+  want_gx, want_gw = vjp(f64(g))
+  exact = lowering == "matmul" and s == 1
+  np.testing.assert_allclose(f64(gw), want_gw, rtol=1e-5 if exact else 1e-2,
+                             atol=(1e-5 if exact else 1e-2) * np.abs(want_gw).max())
+  np.testing.assert_allclose(f64(gx), want_gx, rtol=1e-2, atol=1e-2 * np.abs(want_gx).max())
+
+
+def test_kernel_dtype_must_match_or_be_float32():
+  with pytest.raises(UserError, match="kernel dtype"):
+    conv.conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2), jnp.bfloat16))
+  with pytest.raises(UserError, match="kernel dtype"):
+    conv.conv2d(jnp.zeros((1, 4, 4, 2), jnp.bfloat16), jnp.zeros((3, 3, 2, 2), jnp.float16))
