@@ -5,8 +5,11 @@ like torch, sends each output's gradient to the first maximum of its window
 (row-major). `flax.linen.max_pool`'s gradient (XLA's select-and-scatter: a
 variadic reduce-window with index iotas on CPU) made the ResNet stem's 3x3/2
 pool at 117x117x128, batch 2, cost 64-70 ms forward+backward on a 2-core CPU;
-this takes 6-8 ms. Computed in float32 (exact for a maximum): XLA:CPU ran the
-bfloat16 backward 5x slower.
+this takes 6-8 ms. The forward keeps the index of each first maximum (int8)
+for the backward: recomputing the masks from x there, XLA fused the maximum into
+the scatter and ran it 30 ms (bfloat16 PSPNet-50 step, same process: -35 ms).
+Computed in float32 (exact for a maximum): XLA:CPU ran the bfloat16 backward 5x
+slower.
 """
 import functools
 
@@ -35,34 +38,37 @@ def _padded(x, padding):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x, window, stride, padding):
-  out_h, out_w = ((size + 2 * padding - window) // stride + 1 for size in x.shape[1:3])
-  out = None
-  for _, _, tap in kernel_taps(_padded(x, padding), window, window, stride, 1, out_h, out_w):
-    out = tap if out is None else jnp.maximum(out, tap)
-  return out
+  return _max_pool_fwd(x, window, stride, padding)[0]
 
 
 def _max_pool_fwd(x, window, stride, padding):
-  out = _max_pool(x, window, stride, padding)
-  return out, (x, out)
+  """The maximum; residuals: the row-major index of its first tap (int8), and x for its shape."""
+  out_h, out_w = ((size + 2 * padding - window) // stride + 1 for size in x.shape[1:3])
+  out = first = None
+  for i, j, tap in kernel_taps(_padded(x, padding), window, window, stride, 1, out_h, out_w):
+    if out is None:
+      out, first = tap, jnp.zeros(tap.shape, jnp.int8)
+    else:
+      larger = tap > out
+      out, first = jnp.where(larger, tap, out), jnp.where(larger, jnp.int8(i * window + j), first)
+  return out, (first, x)
 
 
 def _max_pool_bwd(window, stride, padding, residuals, g):
-  x, out = residuals
-  xp = _padded(x, padding)
-  out_h, out_w = out.shape[1:3]
-  taken = jnp.zeros(out.shape, bool)
-  dxp = jnp.zeros(xp.shape, x.dtype)
-  for i, j, tap in kernel_taps(xp, window, window, stride, 1, out_h, out_w):
-    first = (tap == out) & ~taken
-    taken = taken | first
-    # Back to the tap's positions in padded x: interior padding stride - 1.
-    high_h = xp.shape[1] - i - stride * (out_h - 1) - 1
-    high_w = xp.shape[2] - j - stride * (out_w - 1) - 1
-    dxp = dxp + jax.lax.pad(jnp.where(first, g, 0), jnp.zeros((), x.dtype),
-                            ((0, 0, 0), (i, high_h, stride - 1), (j, high_w, stride - 1),
-                             (0, 0, 0)))
-  return (dxp[:, padding:padding + x.shape[1], padding:padding + x.shape[2]],)
+  first, x = residuals
+  height, width = x.shape[1:3]
+  padded_h, padded_w = height + 2 * padding, width + 2 * padding
+  out_h, out_w = g.shape[1:3]
+  dxp = None
+  for i in range(window):
+    for j in range(window):
+      # Back to the tap's positions in padded x: interior padding stride - 1.
+      high_h = padded_h - i - stride * (out_h - 1) - 1
+      high_w = padded_w - j - stride * (out_w - 1) - 1
+      part = jax.lax.pad(jnp.where(first == i * window + j, g, 0), jnp.zeros((), g.dtype),
+                         ((0, 0, 0), (i, high_h, stride - 1), (j, high_w, stride - 1), (0, 0, 0)))
+      dxp = part if dxp is None else dxp + part
+  return (dxp[:, padding:padding + height, padding:padding + width],)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
