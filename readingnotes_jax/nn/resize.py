@@ -7,12 +7,15 @@ pixel i of n samples input position i * (m - 1) / (n - 1), so the corner pixels
 of input and output coincide.
 """
 from collections.abc import Sequence
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from readingnotes_jax.errors import UserError
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -37,25 +40,89 @@ def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Arra
   """Resizes NHWC `x` to spatial `size` = (h, w), bilinear with aligned corners.
 
   Equals `torch.nn.functional.interpolate(x, size, mode='bilinear',
-  align_corners=True)` on the NCHW transpose. Separable: width, then height,
-  each a product with that axis' `align_corners_matrix` in float32 at full
-  precision, batched so that no transpose is needed. Products rather than
-  gathers because their gradients are products too: the gradient of a gather
-  is a scatter-add, slow on XLA:CPU (PSPNet-50 train step, same process:
-  bfloat16 2.50 -> 2.35 s, float32 3.13 -> 3.04 s; inference unchanged).
+  align_corners=True)` on the NCHW transpose, computed in float32. Separable:
+  height, then width. An axis upsampled by an integer factor f (out - 1 = f
+  (in - 1): PSPNet's 8k+1 crops at output stride 8) is a blend of neighbours,
+  out[f a + r] = (1 - r/f) in[a] + (r/f) in[a + 1]; any other axis a product
+  with its `align_corners_matrix`, batched so that no transpose is needed. The
+  gradient is the transposed products (`_resize_bwd`), not the scatter-add of
+  a gather, slow on XLA:CPU. Against products both ways, on a 2-core CPU:
+  [2, 30, 30, 150] -> 233 x 233 with cross entropy, forward+backward 127 ->
+  95 ms; [1, 60, 60, 150] -> 473 x 473 forward 78 -> 49 ms.
   """
   if x.ndim != 4 or len(size) != 2 or min(size) < 1:
     raise UserError(
         f"resize_bilinear_align_corners wants NHWC input and size (h, w) >= 1; got "
         f"input shape {x.shape} and size {tuple(size)}")
-  out_h, out_w = int(size[0]), int(size[1])
+  return _resize(x.astype(jnp.float32), (int(size[0]), int(size[1]))).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _resize(x, size):
+  return _resize_width(_resize_height(x, size[0]), size[1])
+
+
+def _integer_factor(in_size: int, out_size: int) -> int | None:
+  """f when out_size - 1 = f (in_size - 1) with f > 1 (output sample f a + r at a + r / f)."""
+  if in_size > 1 and out_size > in_size and (out_size - 1) % (in_size - 1) == 0:
+    return (out_size - 1) // (in_size - 1)
+  return None
+
+
+def _blend_neighbours(x, axis, factor, matrix):
+  """out[f a + r] = matrix[r, 0] x[a] + matrix[r, 1] x[a + 1] along `axis`, then x[-1]."""
+  size = x.shape[axis]
+  shape = [1] * (x.ndim + 1)
+  shape[axis + 1] = factor
+  weight_lo, weight_hi = (jnp.asarray(matrix[:factor, k]).reshape(shape) for k in (0, 1))
+  lo = jnp.expand_dims(jax.lax.slice_in_dim(x, 0, size - 1, axis=axis), axis + 1)
+  hi = jnp.expand_dims(jax.lax.slice_in_dim(x, 1, size, axis=axis), axis + 1)
+  body = (lo * weight_lo + hi * weight_hi).reshape(
+      x.shape[:axis] + ((size - 1) * factor,) + x.shape[axis + 1:])
+  return jnp.concatenate([body, jax.lax.slice_in_dim(x, size - 1, size, axis=axis)], axis=axis)
+
+
+def _resize_height(x, out_h):
   n, h, w, c = x.shape
-  y = x.astype(jnp.float32)
-  highest = jax.lax.Precision.HIGHEST
-  if out_w != w:  # [n, h] batches of [out_w, w] @ [w, c]
-    cols = jnp.broadcast_to(jnp.asarray(align_corners_matrix(w, out_w)), (n, h, out_w, w))
-    y = jnp.einsum("nhqw,nhwc->nhqc", cols, y, precision=highest)
-  if out_h != h:  # [n] batches of [out_h, h] @ [h, out_w * c]
-    rows = jnp.broadcast_to(jnp.asarray(align_corners_matrix(h, out_h)), (n, out_h, h))
-    y = jnp.einsum("nph,nhk->npk", rows, y.reshape(n, h, -1), precision=highest)
-  return y.reshape(n, out_h, out_w, c).astype(x.dtype)
+  if out_h == h:
+    return x
+  matrix = align_corners_matrix(h, out_h)
+  factor = _integer_factor(h, out_h)
+  if factor:
+    return _blend_neighbours(x, 1, factor, matrix)
+  rows = jnp.broadcast_to(jnp.asarray(matrix), (n, out_h, h))  # [n] x [out_h, h] @ [h, w c]
+  y = jnp.einsum("nph,nhk->npk", rows, x.reshape(n, h, -1), precision=_HIGHEST)
+  return y.reshape(n, out_h, w, c)
+
+
+def _resize_width(x, out_w):
+  n, h, w, _ = x.shape
+  if out_w == w:
+    return x
+  matrix = align_corners_matrix(w, out_w)
+  factor = _integer_factor(w, out_w)
+  if factor:
+    return _blend_neighbours(x, 2, factor, matrix)
+  cols = jnp.broadcast_to(jnp.asarray(matrix), (n, h, out_w, w))  # [n, h] x [out_w, w] @ [w, c]
+  return jnp.einsum("nhqw,nhwc->nhqc", cols, x, precision=_HIGHEST)
+
+
+def _resize_fwd(x, size):
+  return _resize(x, size), x.shape
+
+
+def _resize_bwd(size, shape, g):
+  """x's gradient R_h^T g R_w per channel: rows, then columns, as batched products."""
+  n, h, w, c = shape
+  out_h, out_w = size
+  if out_h != h:  # [n] x [h, out_h] @ [out_h, out_w c]
+    rows = jnp.broadcast_to(jnp.asarray(align_corners_matrix(h, out_h).T), (n, h, out_h))
+    g = jnp.einsum("nhp,npk->nhk", rows, g.reshape(n, out_h, -1),
+                   precision=_HIGHEST).reshape(n, h, out_w, c)
+  if out_w != w:  # [n, h] x [w, out_w] @ [out_w, c]
+    cols = jnp.broadcast_to(jnp.asarray(align_corners_matrix(w, out_w).T), (n, h, w, out_w))
+    g = jnp.einsum("nhwq,nhqc->nhwc", cols, g, precision=_HIGHEST)
+  return (g,)
+
+
+_resize.defvjp(_resize_fwd, _resize_bwd)

@@ -28,8 +28,10 @@ def _numpy_align_corners(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   return out
 
 
-SIZES = [((5, 7), (17, 25)), ((12, 15), (89, 113)), ((9, 4), (3, 2)), ((1, 6), (4, 1)),
-         ((6, 6), (6, 6)), ((2, 3), (1, 1))]
+# Integer factors on both axes (blends of neighbours), on one axis, on none
+# (products), downsampling, size-1 axes, identity.
+SIZES = [((5, 7), (17, 25)), ((12, 15), (89, 113)), ((4, 5), (11, 13)), ((4, 6), (7, 8)),
+         ((9, 4), (3, 2)), ((1, 6), (4, 1)), ((6, 6), (6, 6)), ((2, 3), (1, 1))]
 
 
 @pytest.mark.parametrize("in_size,out_size", SIZES)
@@ -50,14 +52,15 @@ def test_matches_torch_interpolate(in_size, out_size):
   np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, atol=1e-5)
 
 
-def test_gradient_matches_torch():
+@pytest.mark.parametrize("in_size,out_size", SIZES)
+def test_gradient_matches_torch(in_size, out_size):
   torch = pytest.importorskip("torch")
-  x = np.random.default_rng(2).normal(size=(1, 2, 5, 6)).astype(np.float32)
-  cotangent = np.random.default_rng(3).normal(size=(1, 2, 9, 11)).astype(np.float32)
+  x = np.random.default_rng(2).normal(size=(2, 3, *in_size)).astype(np.float32)
+  cotangent = np.random.default_rng(3).normal(size=(2, 3, *out_size)).astype(np.float32)
   tx = torch.from_numpy(x).requires_grad_(True)
-  torch.nn.functional.interpolate(tx, size=(9, 11), mode="bilinear", align_corners=True).backward(
+  torch.nn.functional.interpolate(tx, size=out_size, mode="bilinear", align_corners=True).backward(
       torch.from_numpy(cotangent))
-  grad = jax.grad(lambda v: jnp.sum(resize_bilinear_align_corners(v, (9, 11))
+  grad = jax.grad(lambda v: jnp.sum(resize_bilinear_align_corners(v, out_size)
                                     * cotangent.transpose(0, 2, 3, 1)))(
                                         jnp.asarray(x.transpose(0, 2, 3, 1)))
   np.testing.assert_allclose(np.asarray(grad).transpose(0, 3, 1, 2), tx.grad.numpy(), atol=1e-5)
