@@ -59,7 +59,33 @@ def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Arra
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _resize(x, size):
-  return _resize_width(_resize_height(x, size[0]), size[1])
+  return _resize_axis(_resize_axis(x, 1, size[0]), 2, size[1])
+
+
+def _resize_axis(x, axis, out_size):
+  """Resizes axis 1 (rows) or 2 (columns) of NHWC x to out_size."""
+  size = x.shape[axis]
+  if out_size == size:
+    return x
+  matrix = align_corners_matrix(size, out_size)
+  factor = _integer_factor(size, out_size)
+  if factor:
+    return _blend_neighbours(x, axis, factor, matrix)
+  return (_rows_product if axis == 1 else _columns_product)(matrix, x)
+
+
+def _rows_product(matrix, x):
+  """[n] batches of matrix [p, h] @ x [h, w c] -> [n, p, w, c]."""
+  n, h, w, c = x.shape
+  rows = jnp.broadcast_to(jnp.asarray(matrix), (n, *matrix.shape))
+  y = jnp.einsum("nph,nhk->npk", rows, x.reshape(n, h, -1), precision=_HIGHEST)
+  return y.reshape(n, -1, w, c)
+
+
+def _columns_product(matrix, x):
+  """[n, h] batches of matrix [q, w] @ x [w, c] -> [n, h, q, c]."""
+  cols = jnp.broadcast_to(jnp.asarray(matrix), (*x.shape[:2], *matrix.shape))
+  return jnp.einsum("nhqw,nhwc->nhqc", cols, x, precision=_HIGHEST)
 
 
 def _integer_factor(in_size: int, out_size: int) -> int | None:
@@ -82,46 +108,17 @@ def _blend_neighbours(x, axis, factor, matrix):
   return jnp.concatenate([body, jax.lax.slice_in_dim(x, size - 1, size, axis=axis)], axis=axis)
 
 
-def _resize_height(x, out_h):
-  n, h, w, c = x.shape
-  if out_h == h:
-    return x
-  matrix = align_corners_matrix(h, out_h)
-  factor = _integer_factor(h, out_h)
-  if factor:
-    return _blend_neighbours(x, 1, factor, matrix)
-  rows = jnp.broadcast_to(jnp.asarray(matrix), (n, out_h, h))  # [n] x [out_h, h] @ [h, w c]
-  y = jnp.einsum("nph,nhk->npk", rows, x.reshape(n, h, -1), precision=_HIGHEST)
-  return y.reshape(n, out_h, w, c)
-
-
-def _resize_width(x, out_w):
-  n, h, w, _ = x.shape
-  if out_w == w:
-    return x
-  matrix = align_corners_matrix(w, out_w)
-  factor = _integer_factor(w, out_w)
-  if factor:
-    return _blend_neighbours(x, 2, factor, matrix)
-  cols = jnp.broadcast_to(jnp.asarray(matrix), (n, h, out_w, w))  # [n, h] x [out_w, w] @ [w, c]
-  return jnp.einsum("nhqw,nhwc->nhqc", cols, x, precision=_HIGHEST)
-
-
 def _resize_fwd(x, size):
-  return _resize(x, size), x.shape
+  return _resize(x, size), x  # x for its shape only
 
 
-def _resize_bwd(size, shape, g):
+def _resize_bwd(size, x, g):
   """x's gradient R_h^T g R_w per channel: rows, then columns, as batched products."""
-  n, h, w, c = shape
-  out_h, out_w = size
-  if out_h != h:  # [n] x [h, out_h] @ [out_h, out_w c]
-    rows = jnp.broadcast_to(jnp.asarray(align_corners_matrix(h, out_h).T), (n, h, out_h))
-    g = jnp.einsum("nhp,npk->nhk", rows, g.reshape(n, out_h, -1),
-                   precision=_HIGHEST).reshape(n, h, out_w, c)
-  if out_w != w:  # [n, h] x [w, out_w] @ [out_w, c]
-    cols = jnp.broadcast_to(jnp.asarray(align_corners_matrix(w, out_w).T), (n, h, w, out_w))
-    g = jnp.einsum("nhwq,nhqc->nhwc", cols, g, precision=_HIGHEST)
+  h, w = x.shape[1:3]
+  if size[0] != h:
+    g = _rows_product(align_corners_matrix(h, size[0]).T, g)
+  if size[1] != w:
+    g = _columns_product(align_corners_matrix(w, size[1]).T, g)
   return (g,)
 
 
