@@ -17,9 +17,9 @@ against the full-resolution validation labels:
   READINGNOTES_DATA=../shared/data python -m experiments.train \
       --config experiments/configs/pspnet/camvid_pspnet50.py:runlocal --workdir runs/camvid_local
 
-Measured (2026-11-26, from scratch, seed 0, commit ecbabce): val mIoU 0.186, mAcc 0.286,
-aAcc 0.604; 7 min 20 s wall on an idle 2-core AMD EPYC from a fresh clone (830 s of CPU
-time), of which the final validation 35 s.
+Measured (2026-11-26, from scratch, seed 0, commit aae9a29): val mIoU 0.185, mAcc 0.288,
+aAcc 0.597; 7 min 19 s wall on an idle 2-core AMD EPYC from a fresh clone with empty
+caches (826 s of CPU time).
 """
 from experiments.configs.pspnet.common import apply_variant, base_config
 
