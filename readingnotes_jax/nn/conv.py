@@ -283,7 +283,7 @@ def _conv_stride1_bwd(dilation, pad_h, pad_w, residuals, g):
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
   span_h, span_w = (kh - 1) * dilation, (kw - 1) * dilation
-  flipped = jnp.flip(kernel.astype(x.dtype), (0, 1)).transpose(0, 1, 3, 2)
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # cast by _conv_stride1
   dx = _conv_stride1(g, flipped, dilation, (span_h - pad_h[0], span_h - pad_h[1]),
                      (span_w - pad_w[0], span_w - pad_w[1]))
   if _wide_input(kernel.shape) and not _low_precision(x.dtype):
