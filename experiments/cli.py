@@ -24,8 +24,9 @@ def define_config_flags(with_workdir: bool) -> None:
     flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics and figures")
 
 
-def trainer_module(config):
-  """The library module that implements `config.trainer` (e.g. readingnotes_jax.progan.train)."""
+def paper_module(config):
+  """`readingnotes_jax.<config.trainer>.train`: the paper's `make_task(config, mesh)` (the
+  `training.runner.Task` contract) and `summary(config)`."""
   return importlib.import_module(f"readingnotes_jax.{config.trainer}.train")
 
 

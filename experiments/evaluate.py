@@ -1,4 +1,4 @@
-"""Runs the config's evaluators on the latest checkpoint in `workdir`.
+"""Runs the config's evaluators (`config.evals`) on the latest checkpoint in `workdir`.
 
 The last stdout line is one JSON object of metrics, also written to
 `workdir/eval.json`.
@@ -9,14 +9,16 @@ import json
 import pathlib
 
 from experiments import cli
+from readingnotes_jax.training import loop, runner
 
 cli.define_config_flags(with_workdir=True)
 
 
 def main(FLAGS):
-  metrics = cli.trainer_module(FLAGS.config).evaluate(FLAGS.config, FLAGS.workdir)
-  line = json.dumps(metrics)
-  (pathlib.Path(FLAGS.workdir) / "eval.json").write_text(line + "\n")
+  metrics = runner.evaluate(FLAGS.config, FLAGS.workdir, cli.paper_module(FLAGS.config).make_task)
+  line = json.dumps(loop.jsonable(metrics))
+  if runner.is_writer():
+    (pathlib.Path(FLAGS.workdir) / "eval.json").write_text(line + "\n")
   print(line)
 
 

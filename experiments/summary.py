@@ -12,7 +12,7 @@ cli.define_config_flags(with_workdir=False)
 
 
 def main(FLAGS):
-  print(json.dumps(cli.trainer_module(FLAGS.config).summary(FLAGS.config)))
+  print(json.dumps(cli.paper_module(FLAGS.config).summary(FLAGS.config)))
 
 
 if __name__ == "__main__":

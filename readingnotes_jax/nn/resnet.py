@@ -29,7 +29,8 @@ from readingnotes_jax.nn.batch_norm import BatchNorm
 from readingnotes_jax.nn.conv import conv2d
 from readingnotes_jax.nn.pool import max_pool
 
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# 14: one bottleneck per stage (timm's `resnet14t` depth), for tests and notebooks.
+STAGE_BLOCKS = {14: (1, 1, 1, 1), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 EXPANSION = 4
 
@@ -129,6 +130,7 @@ class Stem(nn.Module):
   Submodules conv1/bn1 (and conv2/bn2, conv3/bn3 for the deep stem).
   """
   deep: bool = True
+  width: int = 64
   frozen_bn: bool = False
   dtype: Any = jnp.float32
   lowering: str | None = None
@@ -136,7 +138,8 @@ class Stem(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     running = self.frozen_bn or not train
-    layers = ([(64, 3, 2), (64, 3, 1), (128, 3, 1)] if self.deep else [(64, 7, 2)])
+    w = self.width
+    layers = ([(w, 3, 2), (w, 3, 1), (2 * w, 3, 1)] if self.deep else [(w, 7, 2)])
     for i, (features, size, stride) in enumerate(layers, start=1):
       x = Conv2D(features, size, stride=stride, padding=size // 2, dtype=self.dtype,
                  lowering=self.lowering, kernel_init=kaiming_normal_fan_out,
@@ -169,7 +172,9 @@ class ResNet(nn.Module):
   """Bottleneck ResNet returning a dict of stage outputs.
 
   Attributes:
-    layers: depth, 50, 101 or 152.
+    layers: depth, 50, 101 or 152 (or 14, one block per stage, for quick runs).
+    width: channels of the first stage's bottleneck (64 in every standard ResNet;
+      stages and stem scale with it; smaller for tests and notebooks).
     output_stride: 8, 16 or 32 (see the module docstring).
     deep_stem: three 3x3 convs (semseg `deep_base=True`, Caffe PSPNet) or one 7x7.
     stride_in_1x1: stride on the first 1x1 (Caffe) instead of the 3x3 (semseg).
@@ -183,9 +188,10 @@ class ResNet(nn.Module):
     lowering: conv2d lowering, "xla", "matmul" or None (per platform).
 
   `__call__(images_nhwc, *, train)` returns {name: [N, H/s, W/s, C]} for `outputs`
-  (stem 128 or 64 channels at stride 4, layer1..4: 256, 512, 1024, 2048).
+  (stem 128 or 64 channels at stride 4, layer1..4: 256, 512, 1024, 2048, at width 64).
   """
   layers: int = 50
+  width: int = 64
   output_stride: int = 32
   deep_stem: bool = True
   stride_in_1x1: bool = False
@@ -207,12 +213,12 @@ class ResNet(nn.Module):
     strides, dilations = stage_strides_and_dilations(self.output_stride)
     last = max(STAGE_NAMES.index(name) for name in self.outputs)
     frozen = lambda stage: self.frozen_bn or stage <= self.frozen_stages
-    x = Stem(deep=self.deep_stem, frozen_bn=frozen(0), dtype=self.dtype,
+    x = Stem(deep=self.deep_stem, width=self.width, frozen_bn=frozen(0), dtype=self.dtype,
              lowering=self.lowering, name="stem")(x, train=train)
     features = {}
     for stage in range(last + 1):
       if stage > 0:
-        x = Stage(64 * 2 ** (stage - 1), STAGE_BLOCKS[self.layers][stage - 1],
+        x = Stage(self.width * 2 ** (stage - 1), STAGE_BLOCKS[self.layers][stage - 1],
                   stride=strides[stage - 1], dilation=dilations[stage - 1],
                   stride_in_1x1=self.stride_in_1x1, frozen_bn=frozen(stage),
                   dtype=self.dtype, lowering=self.lowering,

@@ -14,8 +14,8 @@ from the checkpoint: parameters and optimizer states (arrays) and the step,
 images seen and phase (meta); data order and random keys are functions of
 (seed, images seen) and (seed, step).
 """
+from collections.abc import Callable
 import functools
-import json
 import math
 import pathlib
 import time
@@ -33,8 +33,7 @@ from readingnotes_jax.progan import data as progan_data
 from readingnotes_jax.progan import evaluation
 from readingnotes_jax.progan.model import Discriminator, Generator
 from readingnotes_jax.progan.schedule import Schedule, Stage
-from readingnotes_jax.training import figures, loop, mesh as mesh_lib
-from readingnotes_jax.training.checkpoint import Checkpointer
+from readingnotes_jax.training import figures, mesh as mesh_lib, runner
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -186,46 +185,94 @@ def _fixed_latents(config, count: int, salt: int) -> tuple[np.ndarray, np.ndarra
   return latents, labels
 
 
-class _Reporter:
-  """Evaluations and figures at the end of each phase and of the run."""
+class Task:
+  """ProGAN for `training.runner`: positions count real images shown; one phase per
+  (resolution, fade or stable) of the schedule, entered with fresh Adam states."""
+  unit = "img"
 
-  def __init__(self, config, workdir, G, data, writer):
-    self.config, self.writer = config, writer
-    self.figdir = workdir / "figures"
-    self.generate = make_generate(G, config.model.resolution, config.eval.batch_size)
-    self.data = data
-    self._evaluator = None
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config, self.mesh = config, mesh
+    self.schedule = build_schedule(config, mesh.size)
+    self.total = self.schedule.total_images
+    self.G, self.D = build_models(config)
+    self.data = progan_data.TrainingData(config)
+    self.step_fn = make_train_step(config, self.G, self.D, mesh)
+    self.reset = jax.jit(functools.partial(reset_optimizers, config),
+                         out_shardings=mesh_lib.replicated(mesh), donate_argnums=(0,))
+    self.generate = make_generate(self.G, config.model.resolution, config.eval.batch_size)
+    self.base_key = jax.random.key(config.seed)
+    self.last_stage: Stage | None = None  # stage of the last step run, what evaluations show.
 
-  def evaluator(self):
-    if self._evaluator is None:
-      self._evaluator = evaluation.Evaluator(self.config, self.data)
-    return self._evaluator
+  def identity(self) -> dict[str, Any]:
+    return {"seed": self.config.seed}
+
+  def init_key(self) -> jax.Array:
+    return self.base_key
+
+  def init_state(self, key: jax.Array) -> dict[str, Any]:
+    return create_state(self.config, self.G, self.D, key)
+
+  def phase(self, position: int) -> int:
+    return self.schedule.stage(position).phase
+
+  def start_phase(self, state, phase: int):
+    del phase
+    return self.reset(state)
+
+  def train_step(self, state, step: int, position: int):
+    stage = self.schedule.stage(position)
+    batch = self.data.batch(position, stage.batch_size, stage.resolution,
+                            jax.process_index(), jax.process_count())
+    state, metrics = self.step_fn(state, mesh_lib.shard_batch(batch, self.mesh),
+                                  jax.random.fold_in(self.base_key, step),
+                                  np.float32(stage.alpha), np.float32(stage.g_lr),
+                                  np.float32(stage.d_lr), level=stage.level, fading=stage.fading)
+    self.last_stage = stage
+    position += stage.batch_size
+    info = {"images_seen": position, "resolution": stage.resolution, "alpha": stage.alpha}
+    return state, metrics, info, position
+
+  def eval_stage(self, position: int) -> Stage:
+    """The stage evaluations render: the last step's, or the one before `position`."""
+    return self.last_stage or self.schedule.stage(max(position - 1, 0))
+
+  def generator(self, state, position: int) -> Callable:
+    """`generate(latents, labels)` of the EMA generator at the evaluation stage."""
+    stage = self.eval_stage(position)
+    return lambda z, y: self.generate(state["g_ema"], z, y, stage)
+
+  def evaluators(self) -> dict[str, Any]:
+    return runner.build_evaluators(self.config.evals, evaluation.EVALUATORS, self.config,
+                                   self.data, self.generator)
 
   def samples(self, params, stage: Stage) -> np.ndarray:
     latents, labels = _fixed_latents(self.config, self.config.figures.grid_size, salt=1)
     return self.generate(params, latents, labels, stage)
 
-  def end_of_phase(self, state, step: int, images_seen: int, stage: Stage, final: bool) -> dict:
-    params = state["g_ema"]
+  def figures(self, state, figdir: pathlib.Path, step: int, position: int, rows, scores,
+              final: bool) -> None:
+    """At each phase end: a sample grid and the SWD curve; at the end, interpolations."""
+    del step
+    if scores is None:
+      return
+    stage, params = self.eval_stage(position), state["g_ema"]
     kind = "fade" if stage.fading else "stable"
     name = "final" if final else f"phase{stage.phase:02d}_{stage.resolution}px_{kind}"
-    figures.save_image_grid(self.samples(params, stage), self.figdir / f"samples_{name}.png",
+    figures.save_image_grid(self.samples(params, stage), figdir / f"samples_{name}.png",
                             ncols=int(math.sqrt(self.config.figures.grid_size)))
-    scores = self.evaluator().run(lambda z, y: self.generate(params, z, y, stage))
-    self.writer.write(step, images_seen=images_seen, resolution=stage.resolution,
-                      phase=stage.phase, **scores)
-    rows = [r for r in self.writer.rows() if "swd" in r]
-    kimg = [r["images_seen"] / 1000 for r in rows]
-    curves = {"average": [r["swd"] for r in rows]}
-    for level_name in rows[-1]["swd_levels"]:
-      curves[f"{level_name} px"] = [r["swd_levels"].get(level_name, float("nan")) for r in rows]
-    figures.save_curves(kimg, curves, self.figdir / "swd.png", xlabel="thousand real images shown",
-                        ylabel="SWD x1e3 (EMA generator)", title="Sliced Wasserstein distance")
+    swd_rows = [r for r in rows if "swd" in r]
+    if swd_rows:
+      curves = {"average": [r["swd"] for r in swd_rows]}
+      for level_name in swd_rows[-1]["swd_levels"]:
+        curves[f"{level_name} px"] = [r["swd_levels"].get(level_name, float("nan"))
+                                      for r in swd_rows]
+      figures.save_curves([r["images_seen"] / 1000 for r in swd_rows], curves,
+                          figdir / "swd.png", xlabel="thousand real images shown",
+                          ylabel="SWD x1e3 (EMA generator)", title="Sliced Wasserstein distance")
     if final:
-      self.interpolation(params, stage)
-    return scores
+      self.interpolation(params, stage, figdir)
 
-  def interpolation(self, params, stage: Stage) -> None:
+  def interpolation(self, params, stage: Stage, figdir: pathlib.Path) -> None:
     """Rows of spherical interpolations between pairs of fixed latents."""
     rows, steps = 4, 10
     ends, labels = _fixed_latents(self.config, 2 * rows, salt=2)
@@ -237,165 +284,37 @@ class _Reporter:
     z = z.reshape(rows * steps, -1).astype(np.float32)
     y = None if labels is None else np.repeat(labels[:rows], steps, axis=0)
     images = self.generate(params, z, y, stage)
-    figures.save_image_grid(images, self.figdir / "interpolation.png", ncols=steps)
+    figures.save_image_grid(images, figdir / "interpolation.png", ncols=steps)
+
+  def close(self) -> None:
+    self.data.close()
 
 
-def _restore(config, workdir, state, ckpt: Checkpointer):
-  meta = {"step": 0, "images_seen": 0, "phase": 0, "done": False}
-  if ckpt.latest_step() is None:
-    return state, meta
-  state, meta = ckpt.restore(state)
-  if meta.get("seed") != config.seed:
-    raise UserError(f"checkpoint in {ckpt.directory} was made with seed {meta.get('seed')}, "
-                    f"the config has {config.seed}: use the same seed or a new --workdir")
-  return state, meta
+def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Task:
+  return Task(config, mesh)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_after_steps: int | None = None) -> dict[str, Any]:
-  """Trains (or resumes) ProGAN in `workdir`; returns the last evaluation's scores."""
-  if stop_after_steps is not None and stop_after_steps < 1:
-    raise UserError(f"--stop_after_steps={stop_after_steps}: give a positive number of steps")
-  loop.enable_compilation_cache()
-  mesh = mesh_lib.make_data_mesh(config.num_devices or None)
-  schedule = build_schedule(config, mesh.size)
+def abstract_state(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Shapes and dtypes of the train state (no computation)."""
   G, D = build_models(config)
-  data = progan_data.TrainingData(config)
-  workdir = loop.check_workdir(workdir)
-  ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
-  replicated = mesh_lib.replicated(mesh)
-  state = jax.jit(functools.partial(create_state, config, G, D),
-                  out_shardings=replicated)(jax.random.key(config.seed))
-  state, meta = _restore(config, workdir, state, ckpt)
-  reset = jax.jit(functools.partial(reset_optimizers, config), out_shardings=replicated,
-                  donate_argnums=(0,))
-  loop.write_config(workdir, config)
-  writer = loop.MetricsWriter(workdir, meta["step"])
-  reporter = _Reporter(config, workdir, G, data, writer)
-  step_fn = make_train_step(config, G, D, mesh)
-  base_key = jax.random.key(config.seed)
-  step, images_seen, phase = meta["step"], meta["images_seen"], meta["phase"]
-  last_scores = {}
-
-  def save():
-    ckpt.save(step, state, {"step": step, "images_seen": images_seen, "phase": phase,
-                            "seed": config.seed, "done": images_seen >= schedule.total_images})
-
-  bar = loop.progress_bar(schedule.total_images, images_seen, unit="img")
-  rate = loop.Rate()
-  rate.update(images_seen)
-  history, steps_here, last_saved = [], 0, ckpt.latest_step()
-  try:
-    while images_seen < schedule.total_images:
-      stage = schedule.stage(images_seen)
-      batch = data.batch(images_seen, stage.batch_size, stage.resolution,
-                         jax.process_index(), jax.process_count())
-      state, metrics = step_fn(state, mesh_lib.shard_batch(batch, mesh),
-                               jax.random.fold_in(base_key, step), np.float32(stage.alpha),
-                               np.float32(stage.g_lr), np.float32(stage.d_lr),
-                               level=stage.level, fading=stage.fading)
-      step += 1
-      steps_here += 1
-      images_seen += stage.batch_size
-      history.append(metrics)
-      next_stage = schedule.stage(images_seen)
-      phase_over = next_stage.phase != phase or images_seen >= schedule.total_images
-      stopping = stop_after_steps is not None and steps_here >= stop_after_steps
-      if step % config.log_every_steps == 0 or phase_over or stopping:
-        means = loop.mean_metrics(history)
-        history = []
-        loop.check_finite(step, means, last_saved)
-        ips = rate.update(images_seen)
-        writer.write(step, images_seen=images_seen, resolution=stage.resolution,
-                     alpha=stage.alpha, images_per_second=ips, **means)
-        bar.set_postfix_str(
-            f"{stage.resolution}px {'fade %.2f' % stage.alpha if stage.fading else 'stable'} "
-            f"{ips:.0f} img/s D {means['d_loss']:.3f} G {means['g_loss']:.3f}", refresh=False)
-      bar.update(stage.batch_size)
-      if phase_over:
-        last_scores = reporter.end_of_phase(state, step, images_seen, stage,
-                                            final=images_seen >= schedule.total_images)
-        if next_stage.phase != phase:
-          state = reset(state)
-          phase = next_stage.phase
-      if phase_over or stopping or step % config.checkpoint_every_steps == 0:
-        save()
-        last_saved = step
-      if stopping:
-        break
-  finally:
-    bar.close()
-    ckpt.close()
-    data.close()
-  return last_scores
-
-
-def _load(config, workdir) -> tuple[Generator, dict[str, Any], dict[str, Any]]:
-  G, D = build_models(config)
-  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
-  if ckpt.latest_step() is None:
-    raise UserError(f"no checkpoint in {ckpt.directory}: train first with experiments.train")
-  abstract = jax.eval_shape(functools.partial(create_state, config, G, D), jax.random.key(0))
-  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  try:
-    state, meta = ckpt.restore(target)
-  finally:
-    ckpt.close()
-  return G, state, meta
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """SWD and MS-SSIM of the EMA generator of the latest checkpoint in `workdir`."""
-  G, state, meta = _load(config, workdir)
-  schedule = build_schedule(config, 1)
-  stage = schedule.stage(max(meta["images_seen"] - 1, 0))
-  generate = make_generate(G, config.model.resolution, config.eval.batch_size)
-  data = progan_data.TrainingData(config)
-  evaluator = evaluation.Evaluator(config, data)
-  data.close()
-  scores = evaluator.run(lambda z, y: generate(state["g_ema"], z, y, stage))
-  return {"step": meta["step"], "images_seen": meta["images_seen"],
-          "resolution": stage.resolution, **scores}
-
-
-def load_ema_generator(workdir: str):
-  """(generate_fn(latents) -> images in [-1, 1] NHWC float32, latent_size) from a workdir."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    raise UserError(f"{path} not found: point at a workdir written by experiments.train")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  G, state, meta = _load(config, workdir)
-  stage = build_schedule(config, 1).stage(max(meta["images_seen"] - 1, 0))
-  generate = make_generate(G, config.model.resolution, chunk=8)
-  labels_size = config.model.label_size
-
-  def generate_fn(latents):
-    labels = None
-    if labels_size:
-      labels = np.eye(labels_size, dtype=np.float32)[np.arange(len(latents)) % labels_size]
-    return generate(state["g_ema"], np.asarray(latents, np.float32), labels, stage)
-  return generate_fn, config.model.latent_size
+  return jax.eval_shape(functools.partial(create_state, config, G, D), jax.random.key(0))
 
 
 def summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Parameter counts (all levels) and FLOPs of one train step at the final resolution."""
   G, D = build_models(config)
   schedule = build_schedule(config, 1)
-  abstract = jax.eval_shape(functools.partial(create_state, config, G, D), jax.random.key(0))
-  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  abstract = abstract_state(config)
   stage = schedule.stage(schedule.total_images - 1)
   m = config.model
   batch = {"image": jax.ShapeDtypeStruct((stage.batch_size, m.resolution, m.resolution,
                                           m.num_channels), jnp.float32),
            "label": jax.ShapeDtypeStruct((stage.batch_size,), jnp.int32)}
   f32 = jax.ShapeDtypeStruct((), jnp.float32)
-  step = jax.jit(functools.partial(train_step, G=G, D=D, config=config),
-                 static_argnames=("level", "fading"))
-  lowered = step.lower(abstract, batch, jax.eval_shape(lambda: jax.random.key(0)), f32, f32, f32,
-                       level=stage.level, fading=False)
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan")))
-  return {"params": {"generator": count(abstract["g"]), "discriminator": count(abstract["d"])},
+  flops = runner.step_flops(train_step, abstract, batch,
+                            jax.eval_shape(lambda: jax.random.key(0)), f32, f32, f32,
+                            G=G, D=D, config=config, level=stage.level, fading=False)
+  return {"params": {"generator": runner.count_params(abstract["g"]),
+                     "discriminator": runner.count_params(abstract["d"])},
           "flops_per_step": flops, "batch_size": stage.batch_size,
           "resolution": m.resolution, "flops_per_image": flops / stage.batch_size}

@@ -178,7 +178,9 @@ class PSPNet(nn.Module):
 
   Attributes:
     num_classes: output classes (150 ADE20K, 21 VOC, 19 Cityscapes).
-    layers: backbone depth, 50, 101 or 152.
+    layers: backbone depth, 50, 101 or 152 (14 for quick runs).
+    width: the backbone's base width (64 in semseg); the pyramid and heads scale with
+      it (PPM input 32 * width, cls 8 * width, aux 4 * width channels).
     bins: pyramid pooling bin sizes; each branch has 2048 / len(bins) channels.
     dropout: channel-dropout rate in both heads.
     use_aux: build the auxiliary head on stage 3 (its parameters exist whatever
@@ -199,6 +201,7 @@ class PSPNet(nn.Module):
   """
   num_classes: int
   layers: int = 50
+  width: int = 64
   bins: Sequence[int] = (1, 2, 3, 6)
   dropout: float = 0.1
   use_aux: bool = True
@@ -212,22 +215,23 @@ class PSPNet(nn.Module):
     if images.ndim != 4 or (images.shape[1] - 1) % 8 or (images.shape[2] - 1) % 8:
       raise UserError(f"PSPNet wants NHWC images with (H - 1) % 8 == 0 and (W - 1) % 8 == 0 "
                       f"(e.g. 473x473, 713x713), got shape {images.shape}: crop or pad")
-    if self.zoom_factor not in (1, 2, 4, 8) or 2048 % len(self.bins):
-      raise UserError(f"PSPNet zoom_factor must be 1, 2, 4 or 8 and len(bins) divide 2048; "
-                      f"got {self.zoom_factor} and {tuple(self.bins)}")
+    channels = 32 * self.width  # layer4's output: 2048 at width 64.
+    if self.zoom_factor not in (1, 2, 4, 8) or channels % len(self.bins):
+      raise UserError(f"PSPNet zoom_factor must be 1, 2, 4 or 8 and len(bins) divide "
+                      f"{channels}; got {self.zoom_factor} and {tuple(self.bins)}")
     size = tuple((s - 1) // 8 * self.zoom_factor + 1 for s in images.shape[1:3])
-    features = ResNet(self.layers, output_stride=8, deep_stem=True, outputs=("layer3", "layer4"),
+    features = ResNet(self.layers, width=self.width, output_stride=8, deep_stem=True, outputs=("layer3", "layer4"),
                       dtype=self.dtype, lowering=self.lowering, name="backbone")(
                           images, train=train)
-    x = PyramidPooling(self.bins, 2048 // len(self.bins), upsample=not self.factorized_head,
+    x = PyramidPooling(self.bins, channels // len(self.bins), upsample=not self.factorized_head,
                        dtype=self.dtype, lowering=self.lowering, name="ppm")(
                            features["layer4"], train=train)
-    logits = SegmentationHead(512, self.num_classes, self.dropout, dtype=self.dtype,
+    logits = SegmentationHead(8 * self.width, self.num_classes, self.dropout, dtype=self.dtype,
                               lowering=self.lowering, name="cls")(x, train=train)
     logits = resize_bilinear_align_corners(logits.astype(jnp.float32), size)
     aux_logits = None
     if self.use_aux and (train or self.is_initializing()):
-      aux_logits = SegmentationHead(256, self.num_classes, self.dropout, dtype=self.dtype,
+      aux_logits = SegmentationHead(4 * self.width, self.num_classes, self.dropout, dtype=self.dtype,
                                     lowering=self.lowering, name="aux")(
                                         features["layer3"], train=train)
       aux_logits = resize_bilinear_align_corners(aux_logits.astype(jnp.float32), size)

@@ -21,11 +21,10 @@ dropout key of step `s` is `fold_in(dropout_key(seed), s)`; parameters, BatchNor
 statistics and optimizer state come from the checkpoint.
 
 Validation follows semseg `tool/test.py` (`inference.py`: sliding windows,
-flips, scales) on the validation split, every `eval.every_steps` steps on the
+flips, scales) on the validation split, every `eval_every_steps` steps on the
 first `eval.periodic_images` images, and on the whole split at the end.
 """
 import functools
-import json
 import pathlib
 from typing import Any
 
@@ -41,8 +40,7 @@ from readingnotes_jax.pspnet import data as pspnet_data
 from readingnotes_jax.pspnet import figures as pspnet_figures
 from readingnotes_jax.pspnet import inference
 from readingnotes_jax.pspnet.model import PSPNet, pspnet_loss
-from readingnotes_jax.training import figures, loop, mesh as mesh_lib
-from readingnotes_jax.training.checkpoint import Checkpointer
+from readingnotes_jax.training import figures, mesh as mesh_lib, runner
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BACKBONE = "backbone"  # Parameters under this name train at the base rate, the rest at 10x.
@@ -70,6 +68,7 @@ def build_model(config: ml_collections.ConfigDict) -> PSPNet:
   if m.dtype not in _DTYPES:
     raise UserError(f"model.dtype={m.dtype!r}: use one of {sorted(_DTYPES)}")
   return PSPNet(num_classes=len(pspnet_data.dataset(config).class_names), layers=m.layers,
+                width=m.get("width", 64),  # absent in older config.json
                 bins=tuple(m.bins), dropout=m.dropout, use_aux=m.use_aux,
                 factorized_head=m.get("factorized_head", True),  # absent in older config.json
                 dtype=_DTYPES[m.dtype], lowering=m.lowering or None)
@@ -186,24 +185,40 @@ def make_predictor(config: ml_collections.ConfigDict, probability_fn, variables,
                              e.base_size, tuple(e.scales), batch)
 
 
-class _Validator:
-  """Validation scores during and after training, their curves and figures."""
+class Segmentation:
+  """Evaluator "segmentation": semseg `tool/test.py` scores on the validation split.
 
-  def __init__(self, config, workdir: pathlib.Path, model: PSPNet, mesh, val_source):
-    self.config, self.mesh, self.source = config, mesh, val_source
-    self.figdir = workdir / "figures"
-    self.probability_fn = inference.make_probability_fn(model, flip=config.eval.flip, mesh=mesh)
+  Periodic runs score the first `eval.periodic_images` images (0: all); the
+  final run scores the whole split with per-class scores and keeps
+  `figures.num_examples` examples for the overlay figure.
+  """
 
-  def run(self, state, num_images: int, keep_examples: int = 0) -> inference.Evaluation:
+  def __init__(self, task: "Task"):
+    self.config, self.mesh, self.source = task.config, task.mesh, task.val_source
+    self.probability_fn = inference.make_probability_fn(task.model, flip=self.config.eval.flip,
+                                                        mesh=self.mesh)
+    self.last: inference.Evaluation | None = None
+
+  def run(self, state, *, step: int, position: int, final: bool) -> dict[str, Any]:
+    del step, position
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     predictor = make_predictor(self.config, self.probability_fn, variables, self.mesh.size)
-    return inference.evaluate_source(predictor, self.source, num_images=num_images,
-                                     keep_examples=keep_examples)
+    count = 0 if final else self.config.eval.periodic_images
+    self.last = inference.evaluate_source(
+        predictor, self.source, num_images=count,
+        keep_examples=self.config.figures.num_examples if final else 0)
+    s = self.last.scores
+    scores = {"val_miou": s["miou"], "val_macc": s["macc"], "val_aacc": s["aacc"],
+              "val_images": min(count or len(self.source), len(self.source))}
+    if final:
+      names = pspnet_data.dataset(self.config).class_names
+      scores.update(val_iou=dict(zip(names, s["iou_per_class"])),
+                    val_accuracy=dict(zip(names, s["acc_per_class"])),
+                    scales=list(self.config.eval.scales), flip=self.config.eval.flip)
+    return scores
 
-  def final(self, state, step: int) -> dict[str, Any]:
-    evaluation = self.run(state, 0, keep_examples=self.config.figures.num_examples)
-    save_evaluation_figures(self.config, evaluation, self.figdir, step)
-    return evaluation.scores
+
+EVALUATORS = {"segmentation": Segmentation}
 
 
 def save_evaluation_figures(config, evaluation: inference.Evaluation,
@@ -218,9 +233,8 @@ def save_evaluation_figures(config, evaluation: inference.Evaluation,
                                        figdir / "confusion_matrix.png", title=title)
 
 
-def save_curves(writer: loop.MetricsWriter, figdir: pathlib.Path) -> None:
+def save_curves(rows: list[dict[str, Any]], figdir: pathlib.Path) -> None:
   """figures/loss.png (training losses) and figures/val_miou.png (validation mIoU)."""
-  rows = writer.rows()
   train_rows = [r for r in rows if "loss" in r]
   if train_rows:
     figures.save_curves([r["step"] for r in train_rows],
@@ -237,185 +251,82 @@ def save_curves(writer: loop.MetricsWriter, figdir: pathlib.Path) -> None:
                         title="validation (sliding window)")
 
 
-def _val_row(scores: dict[str, Any], num_images: int) -> dict[str, Any]:
-  return {"val_miou": scores["miou"], "val_macc": scores["macc"], "val_aacc": scores["aacc"],
-          "val_images": num_images}
+class Task:
+  """PSPNet for `training.runner`: positions are optimizer steps; one phase."""
+  unit = "step"
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    _check_config(config, mesh.size)
+    self.config, self.mesh = config, mesh
+    self.model = build_model(config)
+    # Data first: a bad file stops the run before the workdir is touched.
+    self.train_source = pspnet_data.load_split(config, config.data.train_split, scaled=True)
+    self.val_source = pspnet_data.load_split(config, config.data.val_split, scaled=False)
+    self.total = max_steps(config, len(self.train_source))
+    self.tx = make_optimizer(config)
+    self.dropout_key = run_keys(config.seed)[1]
+    self.num_classes = len(pspnet_data.dataset(config).class_names)
+    self._stream = None
+    self._step_fn = None
+    self._evaluators = {}
+
+  def identity(self) -> dict[str, Any]:
+    return {"seed": self.config.seed, "data_source": self.config.data.source,
+            "num_classes": self.num_classes, "total_steps": self.total}
+
+  def init_key(self) -> jax.Array:
+    return run_keys(self.config.seed)[0]
+
+  def init_state(self, key: jax.Array) -> dict[str, Any]:
+    return create_train_state(self.model, self.tx, key)
+
+  def phase(self, position: int) -> int:
+    del position
+    return 0
+
+  def start_phase(self, state, phase: int):
+    del phase
+    return state
+
+  def train_step(self, state, step: int, position: int):
+    if self._stream is None:
+      self._stream = SegmentationStream(self.train_source, crop_size=self.config.data.crop_size,
+                                        seed=self.config.seed, train=True).__enter__()
+      self._step_fn = make_train_step(self.config, self.model, self.tx, self.mesh)
+    n = self.config.batch_size
+    batch = self._stream.batch(step * n, n, jax.process_index(), jax.process_count())
+    lr = learning_rate(self.config, step, self.total)
+    state, metrics = self._step_fn(state, mesh_lib.shard_batch(batch, self.mesh),
+                                   jax.random.fold_in(self.dropout_key, step), np.float32(lr))
+    return state, metrics, {"lr": lr}, position + 1
+
+  def evaluators(self) -> dict[str, Any]:
+    self._evaluators = runner.build_evaluators(self.config.evals, EVALUATORS, self)
+    return self._evaluators
+
+  def figures(self, state, figdir: pathlib.Path, step: int, position: int, rows, scores,
+              final: bool) -> None:
+    """Loss and validation curves; at the end, prediction overlays and the confusion matrix."""
+    del state, position
+    save_curves(rows, figdir)
+    segmentation = self._evaluators.get("segmentation")
+    if final and scores and segmentation is not None and segmentation.last is not None:
+      save_evaluation_figures(self.config, segmentation.last, figdir, step)
+
+  def close(self) -> None:
+    if self._stream is not None:
+      self._stream.__exit__(None, None, None)
 
 
-def _meta(config, step: int, total_steps: int) -> dict[str, Any]:
-  return {"step": step, "total_steps": total_steps, "seed": config.seed,
-          "data_source": config.data.source,
-          "num_classes": len(pspnet_data.dataset(config).class_names)}
+def make_task(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Task:
+  return Task(config, mesh)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_after_steps: int | None = None) -> dict[str, Any]:
-  """Trains (or resumes) PSPNet in `workdir`; returns the final validation scores
-  (empty when stopped early)."""
-  if stop_after_steps is not None and stop_after_steps < 1:
-    raise UserError(f"--stop_after_steps={stop_after_steps}: give a positive number of steps")
-  mesh = mesh_lib.make_data_mesh(config.num_devices or None)
-  _check_config(config, mesh.size)
-  model = build_model(config)
-  # Data first: a bad file stops the run before the workdir is touched.
-  train_source = pspnet_data.load_split(config, config.data.train_split, scaled=True)
-  val_source = pspnet_data.load_split(config, config.data.val_split, scaled=False)
-  total_steps = max_steps(config, len(train_source))
-  tx = make_optimizer(config)
-  loop.enable_compilation_cache()
-  workdir = loop.check_workdir(workdir)
-  ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
-  try:
-    state = jax.jit(functools.partial(create_train_state, model, tx),
-                    out_shardings=mesh_lib.replicated(mesh))(run_keys(config.seed)[0])
-    step = 0
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(state)
-      _check_meta(config, meta, ckpt.directory / str(ckpt.latest_step()), total_steps)
-      step = meta["step"]
-    loop.write_config(workdir, config)
-    writer = loop.MetricsWriter(workdir, step)
-    validator = _Validator(config, workdir, model, mesh, val_source)
-    stream = SegmentationStream(train_source, crop_size=config.data.crop_size, seed=config.seed,
-                                train=True)
-    step_fn = make_train_step(config, model, tx, mesh)
-    return _loop(config, workdir, state, step, total_steps, stop_after_steps, ckpt, writer,
-                 validator, stream, step_fn, mesh)
-  finally:
-    ckpt.close()
-
-
-def _loop(config, workdir, state, step, total_steps, stop_after_steps, ckpt, writer,
-          validator, stream, step_fn, mesh) -> dict[str, Any]:
-  dropout_key = run_keys(config.seed)[1]
-  batch_size = config.batch_size
-  bar = loop.progress_bar(total_steps, step, unit="step")
-  rate = loop.Rate()
-  rate.update(step * batch_size)
-  history, steps_here, last_saved = [], 0, ckpt.latest_step()
-  scores: dict[str, Any] = {}
-  try:
-    with stream:
-      while step < total_steps:
-        batch = stream.batch(step * batch_size, batch_size, jax.process_index(),
-                             jax.process_count())
-        lr = learning_rate(config, step, total_steps)
-        state, metrics = step_fn(state, mesh_lib.shard_batch(batch, mesh),
-                                 jax.random.fold_in(dropout_key, step), np.float32(lr))
-        step += 1
-        steps_here += 1
-        history.append(metrics)
-        done = step >= total_steps
-        stopping = stop_after_steps is not None and steps_here >= stop_after_steps
-        validate = done or (config.eval.every_steps > 0 and step % config.eval.every_steps == 0)
-        save = done or stopping or step % config.checkpoint_every_steps == 0
-        if step % config.log_every_steps == 0 or validate or save:
-          means = loop.mean_metrics(history)
-          history = []
-          loop.check_finite(step, {k: means[k] for k in ("loss", "main_loss", "aux_loss")},
-                            last_saved)
-          ips = rate.update(step * batch_size)
-          writer.write(step, lr=lr, images_per_second=ips, **means)
-          bar.set_postfix_str(f"loss {means['loss']:.3f} acc {means['pixel_accuracy']:.3f} "
-                              f"{ips:.1f} img/s", refresh=False)
-        bar.update(1)
-        if validate:
-          if done:
-            scores = validator.final(state, step)
-            count = len(validator.source)
-          else:
-            count = config.eval.periodic_images or len(validator.source)
-            scores = validator.run(state, count).scores
-          writer.write(step, **_val_row(scores, min(count, len(validator.source))))
-          save_curves(writer, validator.figdir)
-          rate.update(step * batch_size)  # Validation time is not training speed.
-        elif save:
-          save_curves(writer, validator.figdir)
-        if save:
-          ckpt.save(step, state, _meta(config, step, total_steps))
-          last_saved = step
-        if stopping:
-          break
-  finally:
-    bar.close()
-  return scores if step >= total_steps else {}
-
-
-def _check_meta(config, meta: dict[str, Any], where: pathlib.Path, total_steps: int) -> None:
-  """UserError when the checkpoint was made by another run (seed, data, schedule)."""
-  expected = _meta(config, meta["step"], total_steps)
-  for key in ("num_classes", "data_source", "seed", "total_steps"):
-    if meta.get(key) != expected[key]:
-      raise UserError(f"checkpoint {where} was made with {key}={meta.get(key)!r}, the config "
-                      f"gives {expected[key]!r}: use the config it was made with, or a new "
-                      "--workdir")
-
-
-def _load(config: ml_collections.ConfigDict, workdir: str
-          ) -> tuple[PSPNet, dict[str, Any], dict[str, Any]]:
-  """(model, {'params', 'batch_stats'}, meta) of the latest checkpoint in `workdir`."""
-  model = build_model(config)
-  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
-  try:
-    if ckpt.latest_step() is None:
-      raise UserError(f"no checkpoint in {ckpt.directory}: train first with experiments.train")
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), _abstract_state(config, model))
-    state, meta = ckpt.restore(target)
-  finally:
-    ckpt.close()
-  return model, {"params": state["params"], "batch_stats": state["batch_stats"]}, meta
-
-
-def _abstract_state(config, model: PSPNet):
+def abstract_state(config: ml_collections.ConfigDict, model: PSPNet | None = None):
   """Shapes and dtypes of the train state (no computation)."""
+  model = model or build_model(config)
   return jax.eval_shape(functools.partial(create_train_state, model, make_optimizer(config)),
                         make_key(0))
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """semseg `tool/test.py` scores of the latest checkpoint on the validation split.
-
-  Returns `miou`, `macc`, `aacc` and per-class `iou` / `accuracy` by class
-  name; writes figures/predictions.png and figures/confusion_matrix.png.
-  """
-  mesh = mesh_lib.make_data_mesh(config.num_devices or None)
-  _check_config(config, 1)
-  model, variables, meta = _load(config, workdir)
-  source = pspnet_data.load_split(config, config.data.val_split, scaled=False)
-  probability_fn = inference.make_probability_fn(model, flip=config.eval.flip, mesh=mesh)
-  predictor = make_predictor(config, probability_fn, mesh_lib.replicate(variables, mesh),
-                             mesh.size)
-  evaluation = inference.evaluate_source(predictor, source,
-                                         keep_examples=config.figures.num_examples)
-  save_evaluation_figures(config, evaluation, pathlib.Path(workdir) / "figures", meta["step"])
-  names = pspnet_data.dataset(config).class_names
-  s = evaluation.scores
-  return {"step": meta["step"], "miou": s["miou"], "macc": s["macc"], "aacc": s["aacc"],
-          "images": len(source), "scales": list(config.eval.scales), "flip": config.eval.flip,
-          "iou": dict(zip(names, s["iou_per_class"])),
-          "accuracy": dict(zip(names, s["acc_per_class"]))}
-
-
-def load_predictor(workdir: str, *, scales: tuple[float, ...] | None = None,
-                   flip: bool | None = None):
-  """(predict_fn(image uint8 [H, W, 3] RGB) -> int32 [H, W] labels, class_names, palette).
-
-  Uses the latest checkpoint and `config.json` of a workdir written by
-  experiments.train; `scales` and `flip` default to the config's `eval` ones.
-  """
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    raise UserError(f"{path} not found: point at a workdir written by experiments.train")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  if scales is not None:
-    config.eval.scales = tuple(scales)
-  if flip is not None:
-    config.eval.flip = flip
-  model, variables, _ = _load(config, workdir)
-  probability_fn = inference.make_probability_fn(model, flip=config.eval.flip)
-  predictor = make_predictor(config, probability_fn, variables, 1)
-  ds = pspnet_data.dataset(config)
-  return predictor, ds.class_names, ds.palette
 
 
 def summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -423,23 +334,19 @@ def summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
   FLOPs of one training step at the config's batch and crop size (XLA cost analysis)."""
   model = build_model(config)
   _check_config(config, 1)
-  abstract = _abstract_state(config, model)
-  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  abstract = abstract_state(config, model)
   params = abstract["params"]
   size, n = config.data.crop_size, config.batch_size
   batch = {"image": jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((n, size, size), jnp.int32)}
-  step = jax.jit(functools.partial(
-      train_step, model=model, tx=make_optimizer(config), aux_weight=config.loss.aux_weight,
-      ignore_label=config.loss.ignore_label))
-  lowered = step.lower(abstract, batch, jax.eval_shape(lambda: make_key(0)),
-                       jax.ShapeDtypeStruct((), jnp.float32))
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan")))
-  return {"params": {"model": count(params),
-                     "model_without_aux": count({k: v for k, v in params.items() if k != "aux"}),
-                     "backbone": count(params["backbone"])},
+  flops = runner.step_flops(train_step, abstract, batch, jax.eval_shape(lambda: make_key(0)),
+                            jax.ShapeDtypeStruct((), jnp.float32), model=model,
+                            tx=make_optimizer(config), aux_weight=config.loss.aux_weight,
+                            ignore_label=config.loss.ignore_label)
+  return {"params": {"model": runner.count_params(params),
+                     "model_without_aux": runner.count_params(
+                         {k: v for k, v in params.items() if k != "aux"}),
+                     "backbone": runner.count_params(params["backbone"])},
           "flops_per_step": flops, "batch_size": n, "crop_size": size,
           "flops_per_image": flops / n, "num_classes": model.num_classes,
           "layers": config.model.layers}

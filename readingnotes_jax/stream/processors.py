@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from readingnotes_jax import predictors
 from readingnotes_jax.errors import UserError
 
 FrameFn = Callable[[np.ndarray], np.ndarray]
@@ -139,6 +140,5 @@ def _pspnet(checkpoint: str | None) -> FrameFn:
   """PSPNet scene parsing (readingnotes_jax.pspnet) as a colour overlay with a legend."""
   if checkpoint is None:
     raise UserError("--model pspnet needs --checkpoint DIR (a PSPNet training workdir)")
-  from readingnotes_jax.pspnet.train import load_predictor  # pylint: disable=import-outside-toplevel
-  predict, class_names, palette = load_predictor(checkpoint)
+  predict, class_names, palette = predictors.load("segmenter", "pspnet", checkpoint)
   return segmentation_overlay(predict, class_names, palette)

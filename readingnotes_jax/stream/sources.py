@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
+from readingnotes_jax import predictors
 from readingnotes_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -225,8 +226,7 @@ def generator_source(name: str, generate: Callable[[np.ndarray], np.ndarray], la
 
 def progan_walk_source(checkpoint: str, name: str = "progan") -> Source:
   """The ProGAN EMA generator (`Gs`) of a training workdir walking its latent space."""
-  from readingnotes_jax.progan.train import load_ema_generator  # pylint: disable=import-outside-toplevel
-  generate, latent_size = load_ema_generator(checkpoint)
+  generate, latent_size = predictors.load("generator", "progan", checkpoint)
   return generator_source(name, generate, latent_size)
 
 

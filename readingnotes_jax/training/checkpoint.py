@@ -43,7 +43,8 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores checkpoint `step` (default latest) with `target`'s structure and shardings.
+    """Restores checkpoint `step` (default latest) with `target`'s structure and shardings
+    (`target`: arrays, or jax.ShapeDtypeStruct with or without a sharding).
 
     The stored device layout does not matter: a checkpoint written on 8 devices
     restores onto 1 and vice versa (NumPy leaves of `target` land on one device).
@@ -82,9 +83,13 @@ class Checkpointer:
 
 
 def _abstract(x: Any) -> Any:
-  if isinstance(x, jax.Array):
+  """Shape, dtype and sharding to restore a leaf of the target with: a jax.Array's or a
+  ShapeDtypeStruct's own; host values and shapes without a sharding land on this
+  process's first device."""
+  if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and x.sharding is not None:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-  x = np.asarray(x)  # Host values restore onto this process's first device.
+  if not isinstance(x, jax.ShapeDtypeStruct):
+    x = np.asarray(x)
   return jax.ShapeDtypeStruct(x.shape, x.dtype,
                               sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 

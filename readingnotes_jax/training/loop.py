@@ -58,21 +58,28 @@ class MetricsWriter:
       _atomic_write(self.path, "".join(line + "\n" for line in kept))
 
   def write(self, step: int, **values: Any) -> None:
-    row = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
+    row = {"step": int(step), **{k: jsonable(v) for k, v in values.items()}}
     with self.path.open("a") as f:
       f.write(json.dumps(row) + "\n")
 
   def rows(self) -> list[dict[str, Any]]:
-    if not self.path.exists():
+    return self.read(self.path.parent)
+
+  @staticmethod
+  def read(workdir: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of `workdir/metrics.jsonl` ([] when there is none)."""
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
       return []
-    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+  """`v` with arrays and NumPy scalars as JSON types (dicts and lists recursively)."""
   if isinstance(v, dict):
-    return {str(k): _jsonable(x) for k, x in v.items()}
+    return {str(k): jsonable(x) for k, x in v.items()}
   if isinstance(v, (list, tuple)):
-    return [_jsonable(x) for x in v]
+    return [jsonable(x) for x in v]
   if isinstance(v, (np.ndarray, jax.Array)) or np.isscalar(v):
     v = np.asarray(v)
     return v.item() if v.ndim == 0 else v.tolist()

@@ -1,4 +1,7 @@
-"""End-to-end ProGAN training on tiny generated IDX data: runs, resumes exactly, fails cleanly."""
+"""ProGAN on the shared runner, tiny generated IDX data: growth, figures, evaluation, loaders.
+
+Resume, bad input, non-finite loss and 8 devices are the contract suite's (tests/contract).
+"""
 import gzip
 import json
 import os
@@ -13,7 +16,8 @@ import pytest
 
 from experiments.configs.progan import fashion_mnist_32
 from readingnotes_jax.errors import UserError
-from readingnotes_jax.progan import train
+from readingnotes_jax.progan import predict, train
+from readingnotes_jax.training import runner
 from readingnotes_jax.training.checkpoint import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -72,7 +76,7 @@ def data_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(data_path, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
-  scores = train.train_and_evaluate(tiny_config(data_path), str(workdir))
+  scores = runner.train(tiny_config(data_path), str(workdir), train.make_task)
   return workdir, scores
 
 
@@ -82,8 +86,7 @@ def loss_rows(workdir):
 
 
 def final_state(workdir, config):
-  G, state, meta = train._load(config, str(workdir))
-  return state, meta
+  return runner.restore_latest(workdir, train.abstract_state(config))
 
 
 def test_full_run_writes_metrics_figures_and_grows(full_run):
@@ -106,14 +109,13 @@ def test_full_run_writes_metrics_figures_and_grows(full_run):
 
 
 def test_resume_mid_fade_is_exact(full_run, data_path, tmp_path):
-  """Stopped twice (once in the middle of the fade), the run ends bit for bit as the full one."""
+  """Stopped in the middle of the fade (steps 5-8), the run ends bit for bit as the full one."""
   full_dir, _ = full_run
   config = tiny_config(data_path)
-  train.train_and_evaluate(config, str(tmp_path), stop_after_steps=6)   # fade is steps 5-8.
+  runner.train(config, str(tmp_path), train.make_task, stop_after_steps=6)
   rows = loss_rows(tmp_path)
   assert rows[-1]["step"] == 6 and rows[-1]["resolution"] == 16 and rows[-1]["alpha"] < 1
-  train.train_and_evaluate(config, str(tmp_path), stop_after_steps=5)
-  train.train_and_evaluate(config, str(tmp_path))
+  runner.train(config, str(tmp_path), train.make_task)
   keys = ("step", "d_loss", "g_loss", "wasserstein", "gradient_penalty", "alpha")
   assert [[r[k] for k in keys] for r in loss_rows(tmp_path)] == \
          [[r[k] for k in keys] for r in loss_rows(full_dir)]
@@ -123,75 +125,26 @@ def test_resume_mid_fade_is_exact(full_run, data_path, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_bad_inputs_exit_2_and_leave_workdir_intact(full_run, data_path, tmp_path):
+def test_incompatible_checkpoint_is_reported_and_kept(full_run, data_path):
+  """Another width: the checkpoint does not match; it is reported and not replaced."""
   full_dir, _ = full_run
-
-  def run(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-  cfg = "experiments/configs/progan/fashion_mnist_32.py:runlocal"
-  cases = {
-      "unknown key": [f"--config={cfg}", "--config.model.no_such_key=1"],
-      "not a power of two": [f"--config={cfg}", "--config.model.resolution=48"],
-      "missing data": [f"--config={cfg}", f"--config.data.path={tmp_path / 'nothing'}"],
-  }
-  for name, args in cases.items():
-    r = run(*args, f"--workdir={tmp_path / name.replace(' ', '_')}")
-    assert r.returncode == 2, (name, r.stderr[-2000:])
-    assert len(r.stderr.strip().splitlines()) == 1, (name, r.stderr)
-
-  # An incompatible checkpoint (another width) is reported and not replaced.
   before = sorted(p.name for p in (full_dir / "checkpoints").iterdir())
   config = tiny_config(data_path, **{"model.fmap_max": 16})
   with pytest.raises(UserError, match="does not match"):
-    train.train_and_evaluate(config, str(full_dir))
+    runner.train(config, str(full_dir), train.make_task)
   assert sorted(p.name for p in (full_dir / "checkpoints").iterdir()) == before
 
 
 def test_corrupt_checkpoint_is_reported(full_run, data_path, tmp_path):
   config = tiny_config(data_path)
-  train.train_and_evaluate(config, str(tmp_path), stop_after_steps=3)
+  runner.train(config, str(tmp_path), train.make_task, stop_after_steps=3)
   step_dir = tmp_path / "checkpoints" / "3"
   for f in (step_dir / "state").rglob("*"):
     if f.is_file() and f.parent.name == "d":
       f.write_bytes(b"garbage")
   with pytest.raises(UserError, match="checkpoints/3"):
-    train.train_and_evaluate(config, str(tmp_path))
+    runner.train(config, str(tmp_path), train.make_task)
   assert step_dir.exists()
-
-
-def test_non_finite_loss_stops_with_checkpoint_intact(data_path, tmp_path):
-  config = tiny_config(data_path, **{"schedule.g_lr_base": float("inf"),
-                                     "schedule.d_lr_base": float("inf")})
-  with pytest.raises(UserError, match="non-finite"):
-    train.train_and_evaluate(config, str(tmp_path))
-  assert Checkpointer(tmp_path / "checkpoints").latest_step() is None
-
-
-MESH_SCRIPT = """
-import sys, jax
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-from test_train import tiny_config
-from readingnotes_jax.progan import train
-assert jax.device_count() == 8
-train.train_and_evaluate(tiny_config({data!r}, num_devices=8), {workdir!r})
-"""
-
-
-def test_eight_devices_match_one(full_run, data_path, tmp_path):
-  """Data parallel over 8 simulated CPU devices ends where the 1-device run ends, up to float error."""
-  script = MESH_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests" / "progan"),
-                              data=str(data_path), workdir=str(tmp_path))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                     env=env, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  config = tiny_config(data_path)
-  one, meta_one = final_state(full_run[0], config)
-  eight, meta_eight = final_state(tmp_path, config)
-  assert meta_one == meta_eight
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
 
 
 def test_evaluate_command_prints_json_and_writes_eval_json(full_run, data_path, tmp_path):
@@ -208,7 +161,7 @@ def test_evaluate_command_prints_json_and_writes_eval_json(full_run, data_path, 
   assert r.returncode == 0, r.stderr[-2000:]
   result = json.loads(r.stdout.strip().splitlines()[-1])
   assert result == json.loads((workdir / "eval.json").read_text())
-  assert result["step"] == 16 and result["resolution"] == 16
+  assert result["step"] == 16 and result["position"] == 128
   # Same EMA generator, same evaluation seeds: the training run's final scores.
   assert result["swd"] == pytest.approx(scores["swd"])
   assert result["ms_ssim"] == pytest.approx(scores["ms_ssim"])
@@ -216,7 +169,7 @@ def test_evaluate_command_prints_json_and_writes_eval_json(full_run, data_path, 
 
 def test_load_ema_generator_matches_the_checkpoint(full_run, data_path):
   workdir, _ = full_run
-  generate, latent_size = train.load_ema_generator(str(workdir))
+  generate, latent_size = predict.load_generator(str(workdir))
   assert latent_size == 16
   latents = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
   images = generate(latents)

@@ -85,7 +85,7 @@ def tiny_config(data_path: pathlib.Path, **overrides):
   c.eval.crop_size = 25
   c.eval.flip = True
   c.eval.batch_size = 4
-  c.eval.every_steps = 3
+  c.eval_every_steps = 3
   c.eval.periodic_images = 2
   c.figures.num_examples = 2
   for key, value in overrides.items():

@@ -1,5 +1,6 @@
-"""PSPNet training: optimizer against NumPy torch-SGD, tiny end-to-end runs on a generated CamVid
-tree, exact resume, 8 devices == 1 device (synchronized BN), summary counts, bad input."""
+"""PSPNet on the shared runner: optimizer against NumPy torch-SGD, tiny end-to-end runs on a
+generated CamVid tree, exact resume, 8 devices == 1 device (synchronized BN), summary counts,
+bad input with PSPNet's own messages (the generic checks: tests/contract)."""
 import json
 import os
 import pathlib
@@ -16,7 +17,8 @@ from PIL import Image
 from pspnet_testlib import NUM_CLASSES, TinyPSPNet, tiny_config, write_camvid
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.pspnet import data as pspnet_data
-from readingnotes_jax.pspnet import train
+from readingnotes_jax.pspnet import predict, train
+from readingnotes_jax.training import runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent
@@ -42,7 +44,7 @@ def camvid(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(camvid, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
-  scores = train.train_and_evaluate(tiny_config(camvid), str(workdir))
+  scores = runner.train(tiny_config(camvid), str(workdir), train.make_task)
   return workdir, scores
 
 
@@ -95,40 +97,41 @@ def test_full_run_writes_metrics_curves_and_figures(full_run):
     assert r["loss"] == pytest.approx(r["main_loss"] + 0.4 * r["aux_loss"], rel=1e-5)
   val = rows(workdir, "val_miou")
   assert [(r["step"], r["val_images"]) for r in val] == [(3, 2), (6, 3)]
-  assert scores["miou"] == val[-1]["val_miou"] and 0 <= scores["miou"] <= 1
-  assert len(scores["iou_per_class"]) == NUM_CLASSES
+  assert scores["val_miou"] == val[-1]["val_miou"] and 0 <= scores["val_miou"] <= 1
+  assert len(scores["val_iou"]) == NUM_CLASSES
   figures = {p.name for p in (workdir / "figures").iterdir()}
   assert {"loss.png", "val_miou.png", "predictions.png", "confusion_matrix.png"} <= figures
   assert json.loads((workdir / "config.json").read_text())["trainer"] == "pspnet"
-  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 6]
+  # every 4 steps, at each evaluation (3, 6) and at the end; the last 3 kept.
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 4, 6]
 
 
 def test_resume_is_exact(full_run, camvid, tmp_path):
   """Stopped after 2 and then 3 more steps, the run ends bit for bit as the uninterrupted one."""
   full_dir, full_scores = full_run
   config = tiny_config(camvid)
-  assert train.train_and_evaluate(config, str(tmp_path), stop_after_steps=2) == {}
+  assert runner.train(config, str(tmp_path), train.make_task, stop_after_steps=2) == {}
   assert rows(tmp_path, "loss")[-1]["step"] == 2
-  train.train_and_evaluate(config, str(tmp_path), stop_after_steps=3)
-  scores = train.train_and_evaluate(config, str(tmp_path))
+  runner.train(config, str(tmp_path), train.make_task, stop_after_steps=3)
+  scores = runner.train(config, str(tmp_path), train.make_task)
   keys = ("step", "loss", "main_loss", "aux_loss", "pixel_accuracy", "lr")
   assert [[r[k] for k in keys] for r in rows(tmp_path, "loss")] == \
          [[r[k] for k in keys] for r in rows(full_dir, "loss")]
   assert scores == full_scores
-  _, a, meta_a = train._load(config, str(full_dir))
-  _, b, meta_b = train._load(config, str(tmp_path))
+  a, meta_a = runner.restore_latest(full_dir, train.abstract_state(config))
+  b, meta_b = runner.restore_latest(tmp_path, train.abstract_state(config))
   assert meta_a == meta_b
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_evaluate_and_load_predictor(full_run, camvid):
   workdir, scores = full_run
-  result = train.evaluate(tiny_config(camvid), str(workdir))
-  assert result["miou"] == pytest.approx(scores["miou"])
-  assert set(result["iou"]) == set(pspnet_data.DATASETS["camvid"].class_names)
-  predict, names, palette = train.load_predictor(str(workdir))
+  result = runner.evaluate(tiny_config(camvid), str(workdir), train.make_task)
+  assert result["val_miou"] == pytest.approx(scores["val_miou"])
+  assert set(result["val_iou"]) == set(pspnet_data.DATASETS["camvid"].class_names)
+  segment, names, palette = predict.load_segmenter(str(workdir))
   image = np.asarray(Image.open(camvid / "val" / "000.png"))
-  labels = predict(image)
+  labels = segment(image)
   assert labels.shape == image.shape[:2] and labels.dtype == np.int32
   assert labels.min() >= 0 and labels.max() < len(names) == len(palette) == NUM_CLASSES
 
@@ -136,7 +139,7 @@ def test_evaluate_and_load_predictor(full_run, camvid):
 def test_nonfinite_loss_stops_with_one_line(camvid, tmp_path):
   config = tiny_config(camvid, **{"optimizer.base_lr": 1e30})
   with pytest.raises(UserError, match="non-finite loss at step 2.*no checkpoint was written"):
-    train.train_and_evaluate(config, str(tmp_path))
+    runner.train(config, str(tmp_path), train.make_task)
   assert not any((tmp_path / "checkpoints").iterdir())
 
 
@@ -147,7 +150,7 @@ def test_checkpoint_of_another_class_count_is_refused(full_run, camvid, tmp_path
   monkeypatch.setattr(train, "build_model", lambda config: TinyPSPNet(12))
   with pytest.raises(UserError, match=r"checkpoint .*checkpoints/6 does not match this config .*"
                                      r"is \(\(11,\), 'float32'\), the config needs \(\(12,\)"):
-    train.train_and_evaluate(tiny_config(camvid), str(workdir))
+    runner.train(tiny_config(camvid), str(workdir), train.make_task)
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
@@ -156,7 +159,8 @@ import functools, json, os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from pspnet_testlib import TinyPSPNet, tiny_config
-from readingnotes_jax.pspnet import train
+from readingnotes_jax.pspnet import predict, train
+from readingnotes_jax.training import runner
 from readingnotes_jax.training import mesh as mesh_lib
 config = tiny_config("unused", batch_size=8)
 model, tx = TinyPSPNet(), train.make_optimizer(config)

@@ -6,7 +6,8 @@ flips; `:ms` for the six scales. semseg reports 43.10 / 44.15 mIoU (val).
   python -m experiments.train --config experiments/configs/pspnet/ade20k_pspnet101.py \
       --config.data.path /data/ADEChallengeData2016 --workdir runs/ade20k_pspnet101
 """
-from experiments.configs.pspnet.common import apply_variant, base_config
+from experiments.configs import variants
+from experiments.configs.pspnet.common import VARIANTS, base_config
 
 
 def get_config(arg: str = ""):
@@ -16,5 +17,4 @@ def get_config(arg: str = ""):
   c.epochs = 100
   c.data.crop_size = 473
   c.eval.base_size = 512
-  apply_variant(c, arg, ("ms",))
-  return c
+  return variants.apply(c, arg, VARIANTS)

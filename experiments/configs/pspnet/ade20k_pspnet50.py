@@ -11,7 +11,8 @@ ImageNet-pretrained backbone. For a TPU or GPU machine:
       --config.data.path /data/ADEChallengeData2016 --workdir runs/ade20k_pspnet50
   python -m experiments.summary --config experiments/configs/pspnet/ade20k_pspnet50.py
 """
-from experiments.configs.pspnet.common import apply_variant, base_config
+from experiments.configs import variants
+from experiments.configs.pspnet.common import VARIANTS, base_config
 
 
 def get_config(arg: str = ""):
@@ -21,5 +22,4 @@ def get_config(arg: str = ""):
   c.epochs = 100
   c.data.crop_size = 473
   c.eval.base_size = 512
-  apply_variant(c, arg, ("ms",))
-  return c
+  return variants.apply(c, arg, VARIANTS)

@@ -7,7 +7,8 @@ flips; `:ms` for the six scales. semseg reports 78.63 / 79.29 mIoU (val).
   python -m experiments.train --config experiments/configs/pspnet/cityscapes_pspnet101.py \
       --config.data.path /data/cityscapes --workdir runs/cityscapes_pspnet101
 """
-from experiments.configs.pspnet.common import apply_variant, base_config
+from experiments.configs import variants
+from experiments.configs.pspnet.common import VARIANTS, base_config
 
 
 def get_config(arg: str = ""):
@@ -18,5 +19,4 @@ def get_config(arg: str = ""):
   c.data.crop_size = 713
   c.eval.base_size = 2048
   c.eval.batch_size = 4
-  apply_variant(c, arg, ("ms",))
-  return c
+  return variants.apply(c, arg, VARIANTS)

@@ -16,6 +16,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every_steps = 20
   c.checkpoint_every_steps = 1000
+  c.eval_every_steps = 0           # periodic validation (0: only at the end).
+  c.evals = ("segmentation",)      # readingnotes_jax.pspnet.train.EVALUATORS
   # XLA:CPU only: dots and convolutions through YNNPACK (nn.conv.enable_xla_cpu_ynn). On the
   # AMD EPYC PSPNet-50 ran about as fast either way (benchmarks/pspnet_step.py at commit
   # 8ea047c, before the factorized head, ratios to torch with / without: float32 train
@@ -35,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.layers = 50
+  c.model.width = 64               # ResNet base width (64: semseg); the heads scale with it.
   c.model.bins = (1, 2, 3, 6)
   c.model.dropout = 0.1
   c.model.use_aux = True
@@ -60,7 +63,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.scales = (1.0,)           # multi-scale: MULTI_SCALES (the `:ms` variants).
   c.eval.flip = True               # semseg's net_process averages the mirrored crop.
   c.eval.batch_size = 8            # crops per network call.
-  c.eval.every_steps = 0           # periodic validation (0: only at the end).
   c.eval.periodic_images = 100     # images of the periodic validation (0: all).
 
   c.figures = ml_collections.ConfigDict()
@@ -68,11 +70,29 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def apply_variant(c: ml_collections.ConfigDict, arg: str, variants: tuple[str, ...]) -> None:
-  """`ms`: the six-scale evaluation; other names are handled by the config file."""
-  for name in filter(None, arg.split(",")):
-    if name not in variants:
-      raise ValueError(f"unknown config variant {name!r}: use {', '.join(variants)} "
-                       "(comma-separated) or nothing")
-    if name == "ms":
-      c.eval.scales = MULTI_SCALES
+def ms(c: ml_collections.ConfigDict) -> None:
+  """The six-scale evaluation of semseg's `_ms` results."""
+  c.eval.scales = MULTI_SCALES
+
+
+def test(c: ml_collections.ConfigDict) -> None:
+  """Seconds on a CPU (the contract suite): ResNet-14 at width 8, 17x17 crops, 4 steps."""
+  c.model.layers = 14
+  c.model.width = 8
+  c.data.crop_size = 17
+  c.data.image_scale = 1.0
+  c.batch_size = 8
+  c.max_steps = 4
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 2
+  c.eval_every_steps = 2
+  c.eval.crop_size = 17
+  c.eval.base_size = 24
+  c.eval.scales = (1.0,)
+  c.eval.flip = False
+  c.eval.batch_size = 8
+  c.eval.periodic_images = 2
+  c.figures.num_examples = 1
+
+
+VARIANTS = {"ms": ms, "test": test}

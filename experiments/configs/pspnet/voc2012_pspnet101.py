@@ -8,7 +8,8 @@ flips; `:ms` for the six scales. semseg reports 79.07 / 79.63 mIoU (val).
       --config.data.path /data/VOCdevkit/VOC2012 \
       --config.data.sbd_path /data/benchmark_RELEASE/dataset --workdir runs/voc2012_pspnet101
 """
-from experiments.configs.pspnet.common import apply_variant, base_config
+from experiments.configs import variants
+from experiments.configs.pspnet.common import VARIANTS, base_config
 
 
 def get_config(arg: str = ""):
@@ -20,5 +21,4 @@ def get_config(arg: str = ""):
   c.epochs = 50
   c.data.crop_size = 473
   c.eval.base_size = 512
-  apply_variant(c, arg, ("ms",))
-  return c
+  return variants.apply(c, arg, VARIANTS)
