@@ -125,12 +125,18 @@ def scaled_size(height: int, width: int, long_side: int) -> tuple[int, int]:
   return round(long_side / width * height), long_side
 
 
+# Channels one cv2.resize call takes: CV_CN_MAX, 512 up to OpenCV 4, 128 in OpenCV 5 (more
+# fail with "m->dims <= 2": ADE20K's 150 classes did).
+_CV_MAX_CHANNELS = 128
+
+
 def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-  """OpenCV bilinear resize of [h, w, C] (any C; OpenCV handles at most 512 per call)."""
+  """OpenCV bilinear resize of [h, w, C] (any C, in chunks of OpenCV's channel limit)."""
   if probs.shape[:2] == (height, width):
     return probs
-  parts = [cv2.resize(probs[..., i:i + 512], (width, height), interpolation=cv2.INTER_LINEAR)
-           for i in range(0, probs.shape[-1], 512)]
+  step = _CV_MAX_CHANNELS
+  parts = [cv2.resize(probs[..., i:i + step], (width, height), interpolation=cv2.INTER_LINEAR)
+           for i in range(0, probs.shape[-1], step)]
   parts = [p[..., None] if p.ndim == 2 else p for p in parts]
   return np.concatenate(parts, axis=-1)
 
