@@ -1,0 +1,1 @@
+"""interpretable_cnn."""
