@@ -1,0 +1,104 @@
+"""Seconds of the correlation layer's methods, forward and forward+backward (D&T res4 shape).
+
+Shape: [1, 38, 63, 1024] (res4 of a 600 x 1000 image), max_displacement 8, strides 1/1,
+padding 8: 289 output channels. Useful work: 2 * N * H_out * W_out * K^2 * C flops
+forward, three times that forward+backward. Prints one JSON line with the best wall and
+process-CPU seconds of each method (CPU seconds are less sensitive to other processes on
+a shared machine; the load averages tell whether there were any), and the peer
+`spatial-correlation-sampler` (PyTorch, raw sums) when it is importable.
+
+  python -m benchmarks.correlation [--repeats 3] [--methods matmul,conv]
+"""
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from readingnotes_jax.nn import correlation as corr
+
+
+def _seconds(fn, *args, repeats: int) -> tuple[float, float]:
+  """Best wall-clock and best process-CPU seconds of one call, after a warm-up call."""
+  jax.block_until_ready(fn(*args))
+  wall = cpu = float("inf")
+  for _ in range(repeats):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    wall = min(wall, time.perf_counter() - start)
+    cpu = min(cpu, time.process_time() - start_cpu)
+  return wall, cpu
+
+
+def _peer_seconds(shape, d, s1, s2, pad, repeats):
+  """spatial-correlation-sampler on the same shape, or None when it is not installed."""
+  try:
+    import torch
+    from spatial_correlation_sampler import SpatialCorrelationSampler
+  except ImportError:
+    return None
+  n, h, w, c = shape
+  sampler = SpatialCorrelationSampler(kernel_size=1, patch_size=2 * (d // s2) + 1,
+                                      stride=s1, padding=pad - d, dilation_patch=s2)
+  a = torch.randn(n, c, h, w, requires_grad=True)
+  b = torch.randn(n, c, h, w, requires_grad=True)
+  fwd = lambda: sampler(a, b)
+  fwd_bwd = lambda: sampler(a, b).sin().sum().backward()
+  out = {}
+  for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+    fn()
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+      start, start_cpu = time.perf_counter(), time.process_time()
+      fn()
+      wall = min(wall, time.perf_counter() - start)
+      cpu = min(cpu, time.process_time() - start_cpu)
+    out[name] = (wall, cpu)
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--shape", default="1,38,63,1024")
+  parser.add_argument("--config", default="8,1,1,8",
+                      help="max_displacement,stride1,stride2,padding (res3: 8,2,2,8)")
+  parser.add_argument("--methods", default=",".join(corr.METHODS))
+  args = parser.parse_args()
+  shape = tuple(int(v) for v in args.shape.split(","))
+  d, s1, s2, pad = (int(v) for v in args.config.split(","))
+  n, h, w, c = shape
+  k = 2 * (d // s2) + 1
+  out_h, out_w = (corr.correlation_output_size(v, d, s1, pad) for v in (h, w))
+  flops = 2 * n * out_h * out_w * k * k * c
+  result = {"device": jax.devices()[0].device_kind, "shape": list(shape),
+            "config": [d, s1, s2, pad], "gflop_fwd": flops / 1e9,
+            "load_average_before": os.getloadavg()[0]}
+  kt, ktau = jax.random.split(jax.random.key(0))
+  x_t, x_tau = jax.random.normal(kt, shape), jax.random.normal(ktau, shape)
+  for method in args.methods.split(","):
+    fwd = jax.jit(lambda a, b, m=method: corr.correlation(a, b, d, s1, s2, pad, method=m))
+    loss = lambda a, b, m=method: jnp.sum(jnp.sin(corr.correlation(a, b, d, s1, s2, pad,
+                                                                   method=m)))
+    fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    for name, fn, work in (("fwd", fwd, flops), ("fwd_bwd", fwd_bwd, 3 * flops)):
+      wall, cpu = _seconds(fn, x_t, x_tau, repeats=args.repeats)
+      result[f"{method}_{name}_s"] = round(wall, 4)
+      result[f"{method}_{name}_cpu_s"] = round(cpu, 4)
+      result[f"{method}_{name}_gflops"] = round(work / wall / 1e9, 2)
+  peer = _peer_seconds(shape, d, s1, s2, pad, args.repeats)
+  if peer is None:
+    result["peer"] = "spatial-correlation-sampler not importable"
+  else:
+    for name, (wall, cpu) in peer.items():
+      result[f"peer_{name}_s"], result[f"peer_{name}_cpu_s"] = round(wall, 4), round(cpu, 4)
+      for method in args.methods.split(","):
+        result[f"{method}_{name}_speedup_vs_peer"] = round(wall / result[f"{method}_{name}_s"], 2)
+  result["load_average_after"] = os.getloadavg()[0]
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,163 @@
+"""Correlation layer of Detect to Track and Track to Detect (FlowNet's, kernel size 1), NHWC.
+
+out[n, i, j, ky * K + kx] = mean over c of
+    xt_pad[n, d + i*s1, d + j*s1, c] * xtau_pad[n, d + i*s1 + dy, d + j*s1 + dx, c],
+with xt_pad, xtau_pad the inputs zero-padded by `padding` on each side, d =
+max_displacement, s1 = stride1, R = d // stride2, K = 2R + 1 and (dy, dx) = ((ky - R) *
+stride2, (kx - R) * stride2): displacement dy major, dx minor. With padding = d, output
+(i, j) sits over input pixel (i*s1, j*s1).
+
+Matches `CorrelationLayer` of feichtenhofer/caffe-rfcn (D&T's Caffe fork):
+`src/caffe/layers/correlation_layer.cpp` `Reshape` (kernel_radius = 0 for kernel_size 1,
+border_size = max_displacement, output size ceil((H + 2*pad - 2*border_size) / stride_1),
+grid radius max_displacement / stride_2 in integer division, top_channels = K*K) and
+`correlation_layer.cu` `CorrelateData` (centre x1 = x*stride_1 + max_displacement in padded
+coordinates; s2o = (top_channel % K - R) * stride_2, s2p = (top_channel / K - R) *
+stride_2; the sum divided by kernel_size**2 * C). When stride_2 does not divide
+max_displacement the largest displacement is R * stride_2 < d while the border stays d,
+as there.
+
+Two formulations compute it (`method`):
+
+- ``"conv"`` (the design card's): per displacement row, the K horizontal shifts of
+  x_tau extracted with `jax.lax.conv_general_dilated_patches` (a grouped convolution
+  with one-hot kernels), then multiplied with x_t and averaged over channels. Each row
+  is rematerialized in the backward pass so its K-fold patches are never all held.
+- ``"matmul"`` (banded): per displacement row, one batched product x_t[row i] @
+  x_tau[row i + dy]^T over all column pairs, whose band of K diagonals is the output
+  (read off with a reshape: row j of the product padded to width Wb + s1 holds columns
+  j*s1 + 0, 1, ...). It does (Wb / K) times the multiply-adds (res4: 79 / 17) but as
+  dense products.
+
+Measured with benchmarks/correlation.py on this CPU (2 cores shared with other jobs, load
+average ~7), res4-like [1, 38, 63, 1024], d 8, strides 1/1, one run each, seconds wall /
+process CPU: "matmul" forward 0.50 / 0.24, forward+backward 1.76 / 0.91; "conv" forward
+12.8 / 7.4, forward+backward 46.6 / 33.1 (channels moved to the batch and a 1 -> K one-hot
+`conv_general_dilated` instead: 8.2 CPU-s forward; a plain shifted-slice einsum per
+displacement: ~12 s wall forward). res3-like [1, 76, 126, 512], strides 2/2: "matmul"
+0.15 / 0.51 CPU-s. `method=None` takes "matmul" on CPU and the design card's "conv"
+elsewhere (not yet measured on an accelerator).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from readingnotes_jax.errors import UserError
+
+METHODS = ("conv", "matmul")
+
+
+def default_method() -> str:
+  """"matmul" on CPU (~30x faster there, module docstring), "conv" on GPU and TPU."""
+  return "matmul" if jax.default_backend() == "cpu" else "conv"
+
+
+def correlation_output_size(size: int, max_displacement: int = 8, stride1: int = 1,
+                            padding: int = 8) -> int:
+  """Output rows (or columns) for `size` input ones: ceil((size + 2*pad - 2*d) / stride1)."""
+  return -(-(size + 2 * padding - 2 * max_displacement) // stride1)
+
+
+def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
+                stride1: int = 1, stride2: int = 1, padding: int = 8, *,
+                method: str | None = None, precision: jax.lax.PrecisionLike = None) -> jax.Array:
+  """Mean over channels of `x_t` times displaced `x_tau` (D&T's correlation features).
+
+  Args:
+    x_t: [N, H, W, C] features of frame t.
+    x_tau: [N, H, W, C] features of frame t + tau.
+    max_displacement: d, the largest displacement in input pixels.
+    stride1: subsampling of the output positions.
+    stride2: spacing of the displacements: a (2*(d // stride2) + 1)**2 grid.
+    padding: zeros added on each side of both inputs.
+    method: "conv", "matmul", or None for `default_method()`.
+    precision: passed to the channel contractions (e.g. HIGHEST for full float32
+      products on TPU/GPU, whose default may round operands).
+
+  Returns:
+    [N, H_out, W_out, (2*(d // stride2) + 1)**2] in the dtype of `x_t`, H_out =
+    `correlation_output_size(H, d, stride1, padding)`; bfloat16 / float16 inputs
+    accumulate in float32.
+  """
+  if x_t.ndim != 4 or x_t.shape != x_tau.shape or x_t.dtype != x_tau.dtype:
+    raise UserError(f"correlation needs two [N,H,W,C] inputs of one shape and dtype, got "
+                    f"{x_t.shape} {x_t.dtype} and {x_tau.shape} {x_tau.dtype}")
+  if method is None:
+    method = default_method()
+  if method not in METHODS:
+    raise UserError(f"unknown correlation method {method!r}: use one of {METHODS} or None")
+  d, s1, s2 = max_displacement, stride1, stride2
+  if d < 0 or padding < 0 or s1 < 1 or s2 < 1:
+    raise UserError(f"correlation: bad max_displacement={d}, padding={padding}, stride1={s1} "
+                    f"or stride2={s2}: use non-negative displacement/padding, positive strides")
+  n, h, w, c = x_t.shape
+  out_h = correlation_output_size(h, d, s1, padding)
+  out_w = correlation_output_size(w, d, s1, padding)
+  if out_h < 1 or out_w < 1:
+    raise UserError(f"correlation: a {h}x{w} input with padding {padding} is too small for "
+                    f"max_displacement {d}: use a larger input or more padding")
+  pads = ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0))
+  zero = jnp.zeros((), x_t.dtype)
+  xt_pad, xtau_pad = jax.lax.pad(x_t, zero, pads), jax.lax.pad(x_tau, zero, pads)
+  centres = jax.lax.slice(xt_pad, (0, d, d, 0),
+                          (n, d + (out_h - 1) * s1 + 1, d + (out_w - 1) * s1 + 1, c),
+                          (1, s1, s1, 1))
+  geometry = (d, s1, s2, out_h, out_w, precision)
+  row = _row_conv if method == "conv" else _row_matmul
+  k = 2 * (d // s2) + 1
+
+  def displacement_row(carry, ky):
+    return carry, row(centres, _displaced_rows(xtau_pad, ky, *geometry[:5]), *geometry)
+
+  # A rolled loop over the K displacement rows. Fully unrolled, "matmul" ran forward+backward
+  # in 0.76-0.84 instead of 0.87-0.90 CPU-s at res4 on this CPU (forward 0.34-0.38 vs
+  # 0.27-0.36, noisy under load) but compiled in 4.1-5.0 instead of 2.8 s ("conv": 3.7 vs 1.3 s).
+  _, rows = jax.lax.scan(displacement_row, None, jnp.arange(k))  # [K (dy), N, H', W', K (dx)]
+  out = jnp.moveaxis(rows, 0, 3).reshape(n, out_h, out_w, k * k)
+  return (out / c).astype(x_t.dtype)
+
+
+def _accumulation(dtype):
+  return jnp.float32 if dtype in (jnp.bfloat16, jnp.float16) else None
+
+
+def _displaced_rows(xtau_pad, ky, d, s1, s2, out_h, out_w):
+  """x_tau rows d + i*s1 + (ky - R)*s2 for the out_h output rows i (ky may be traced), columns
+  d - R*s2 .. d + R*s2 + (out_w - 1)*s1: [N, out_h, Wb, C], Wb = 2R*s2 + (out_w-1)*s1 + 1."""
+  n, _, _, c = xtau_pad.shape
+  radius = d // s2
+  span_h, width = (out_h - 1) * s1 + 1, 2 * radius * s2 + (out_w - 1) * s1 + 1
+  top = d + (ky - radius) * s2
+  rows = jax.lax.dynamic_slice(xtau_pad, (0, top, d - radius * s2, 0), (n, span_h, width, c))
+  return rows[:, ::s1]
+
+
+def _row_matmul(centres, rows, d, s1, s2, out_h, out_w, precision):
+  """Sums over channels for the K displacements (ky, 0..K-1): [N, out_h, out_w, K].
+
+  products[n, i, j, z] = centres[n, i, j] . rows[n, i, z]; the output is the band
+  z = j*s1 + kx*s2. Flattened (j, z) and padded by out_w * s1, then viewed as rows of
+  Wb + s1, row j starts at flat index j*(Wb + s1) = j*Wb + j*s1: column kx*s2 of it is
+  products[j, j*s1 + kx*s2] (in range: j*s1 + 2R*s2 <= Wb - 1).
+  """
+  n, _, wb, _ = rows.shape
+  products = jnp.einsum("nijc,nizc->nijz", centres, rows, precision=precision,
+                        preferred_element_type=_accumulation(centres.dtype))
+  flat = products.reshape(n, out_h, out_w * wb)
+  flat = jax.lax.pad(flat, jnp.zeros((), flat.dtype), ((0, 0, 0), (0, 0, 0), (0, out_w * s1, 0)))
+  return flat.reshape(n, out_h, out_w, wb + s1)[..., :2 * (d // s2) * s2 + 1:s2]
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3, 4, 5, 6, 7))
+def _row_conv(centres, rows, d, s1, s2, out_h, out_w, precision):
+  """The K horizontal shifts of `rows` as conv patches, times the centres, summed over C."""
+  n, _, _, c = rows.shape
+  k = 2 * (d // s2) + 1
+  shifts = jax.lax.conv_general_dilated_patches(
+      rows, (1, k), (1, s1), "VALID", rhs_dilation=(1, s2),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST)  # one-hot kernels: exact copies
+  shifts = shifts.reshape(n, out_h, out_w, c, k)  # channel-major patch features
+  return jnp.einsum("nijc,nijck->nijk", centres, shifts, precision=precision,
+                    preferred_element_type=_accumulation(centres.dtype))
