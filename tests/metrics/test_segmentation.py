@@ -36,7 +36,8 @@ def test_hand_computed_case():
   # (gt, pred) pairs (0,0) (0,1) (1,1) (1,2) (2,2); the 255 pixel is left out.
   np.testing.assert_array_equal(confusion, [[1, 1, 0], [0, 1, 1], [0, 0, 1]])
   scores = segmentation_scores(confusion)
-  # intersection 1 1 1, target 2 2 1, predicted 1 2 2, union 2 3 2.
+  # intersection 1 1 1, target 2 2 1, predicted 1 2 2, union 2 3 2. Default rtol/approx:
+  # semseg's + 1e-10 in each denominator moves a ratio by <= 1e-10 relative.
   np.testing.assert_allclose(scores["iou_per_class"], [1 / 2, 1 / 3, 1 / 2])
   np.testing.assert_allclose(scores["acc_per_class"], [1 / 2, 1 / 2, 1])
   assert scores["miou"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 2) / 3)
@@ -72,6 +73,7 @@ def test_matches_semseg_on_random_data(random_batches):
   total = sum(confusion_matrix(p, l, 6) for p, l in zip(preds, labels))
   scores = segmentation_scores(total)
   miou, macc, aacc, iou, acc = _semseg_reference(preds.reshape(-1, 9, 11), labels.reshape(-1, 9, 11), 6)
+  # Float64 ratios of the same integer counts on both sides: a few eps64.
   assert scores["miou"] == pytest.approx(miou, rel=1e-12)
   assert scores["macc"] == pytest.approx(macc, rel=1e-12)
   assert scores["aacc"] == pytest.approx(aacc, rel=1e-12)

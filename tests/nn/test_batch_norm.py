@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from readingnotes_jax.nn.batch_norm import BatchNorm
+from numerics_testlib import EPS_BF16
 
 torch = pytest.importorskip("torch")
 
@@ -44,6 +45,11 @@ def test_training_matches_torch(shape):
 
   (_, (y, stats)), (grad_params, grad_x) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
       variables["params"], jnp.asarray(x))
+  # Float32 on both sides, a few roundings of O(10) numbers (|x| < 11, |y| < 4.5, sums of
+  # n <= 60 terms): eps32 x 10 x a few ~ 1e-6; measured against torch 1.0e-6 (y), 9e-8 and
+  # 4.8e-7 (statistics), 3.4e-7 (dx), 3.8e-6 and 1.9e-6 (d scale, d bias: 60-term sums with
+  # partial sums < 16, ~ sqrt(60) eps32 / 2 x 16 = 7e-6). Each bar is >= 5x the measured error
+  # and >= 100x below what a wrong formula changes (biased batch variance: 1.7% of var).
   np.testing.assert_allclose(y, ty.detach().numpy().transpose(0, 2, 3, 1), atol=1e-5)
   np.testing.assert_allclose(stats["mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stats["var"], bn.running_var.numpy(), rtol=1e-5)  # unbiased
@@ -59,7 +65,7 @@ def test_running_average_matches_formula():
   y, updates = BatchNorm().apply(variables, x, use_running_average=True, mutable=["batch_stats"])
   stats, params = variables["batch_stats"], variables["params"]
   want = (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * params["scale"] + params["bias"]
-  np.testing.assert_allclose(y, want, atol=1e-5)
+  np.testing.assert_allclose(y, want, atol=1e-5)  # |y| < 3.6: ~4 float32 roundings ~ 2e-6
   jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], stats)
 
 
@@ -70,8 +76,14 @@ def test_bfloat16_output_float32_statistics():
                                                    mutable=["batch_stats"])
   assert y.dtype == jnp.bfloat16 and updates["batch_stats"]["var"].dtype == jnp.float32
   x32 = np.asarray(x, np.float32)
-  want = (x32 - x32.mean((0, 1, 2))) / np.sqrt(x32.var((0, 1, 2)) + 1e-5)
-  np.testing.assert_allclose(np.asarray(y, np.float32), want, atol=3e-2)
+  mean, rstd = x32.mean((0, 1, 2)), 1 / np.sqrt(x32.var((0, 1, 2)) + 1e-5)
+  want = (x32 - mean) * rstd
+  # y = x m + o in bfloat16 (m = rstd, o = -mean rstd, float32 statistics): m, x m, o and the
+  # sum each round by <= 2^-8 relative, so |y - want| <= 2^-8 (|y| + 2 |x m| + |o|) <= 3 x 2^-8
+  # (|y| + |o|) (was atol=3e-2 on |y| < 2.8: 0.67 used). Float32 statistics matter: bf16 ones
+  # would add 2^-8 |x m| to the multiplier's error and 2^-8 |x| / std to the mean's.
+  np.testing.assert_allclose(np.asarray(y, np.float32), want, rtol=3 * EPS_BF16,
+                             atol=3 * EPS_BF16 * np.abs(mean * rstd).max())
 
 
 def test_bfloat16_gradients_match_torch_float32():
@@ -96,7 +108,11 @@ def test_bfloat16_gradients_match_torch_float32():
   grad_params, grad_x = jax.grad(f, argnums=(0, 1))(variables["params"], x)
   assert grad_x.dtype == jnp.bfloat16
   want_x = tx.grad.numpy().transpose(0, 2, 3, 1)
+  # dx: float32 math rounded once to bfloat16 (<= 2^-8 |dx|): 0.01 = 2.6 x 2^-8 of max |dx|.
   assert np.abs(np.asarray(grad_x, np.float32) - want_x).max() < 0.01 * np.abs(want_x).max()
+  # d scale, d bias: float32 sums of 288 terms from the same bf16 numbers, partial sums < 50:
+  # ~ sqrt(288) eps32 / 2 x 50 = 5e-5 (measured 1.7e-5 and 0 against torch). d scale gets the
+  # bfloat16 bar (rtol 0.01, atol 0.05 = 1e-3 of max |d scale| = 49), d bias atol 1e-3.
   np.testing.assert_allclose(grad_params["scale"], bn.weight.grad.numpy(), rtol=0.01, atol=0.05)
   np.testing.assert_allclose(grad_params["bias"], bn.bias.grad.numpy(), rtol=1e-4, atol=1e-3)
 
@@ -122,5 +138,5 @@ def test_gradients_through_the_batch_statistics():
   got = jax.grad(loss(lambda *a: _batch_norm_train(*a, 1e-5, jnp.float32)), argnums=(0, 1, 2))(
       x, scale, bias)
   want = jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias)
-  for g, w in zip(got, want):
+  for g, w in zip(got, want):  # float32 both, |grads| < 19 from 60-term sums: measured 3.8e-6
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

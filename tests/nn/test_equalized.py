@@ -32,6 +32,7 @@ class EqualizedDenseTest(chex.TestCase):
     params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias
     out = self.variant(layer.apply)({"params": params}, x)
     w, b = np.asarray(params["kernel"]), np.asarray(params["bias"])
+    # 10-term float32 dot products of O(1) terms on both sides: ~ 10 eps32 = 1.2e-6.
     np.testing.assert_allclose(out, x @ (w * 1.5 / math.sqrt(10)) + b, rtol=1e-5, atol=1e-5)
 
   def test_init_is_standard_normal_and_zero_bias(self):
@@ -58,6 +59,8 @@ class EqualizedConvTest(chex.TestCase):
       params = {"kernel": params["kernel"], "bias": params["bias"] + 0.3}
       out = self.variant(layer.apply)({"params": params}, x)
       w = np.asarray(params["kernel"]) * gain / math.sqrt(k * k * 3)
+      # <= 27-term float32 sums against float64: ~ 27 eps32 |terms| = 3e-6; a wrong gain or
+      # fan-in changes outputs by O(10%).
       np.testing.assert_allclose(out, _conv_same_np(x, w) + 0.3, rtol=1e-4, atol=1e-4,
                                  err_msg=f"k={k} lowering={lowering}")
 
@@ -77,4 +80,6 @@ class EqualizedConvTest(chex.TestCase):
     self.assertEqual(out.dtype, jnp.bfloat16)
     w = np.asarray(variables["params"]["kernel"]) * math.sqrt(2) / math.sqrt(72)
     ref = _conv_same_np(x, w)
+    # x, the kernel and the output each rounded to bf16 (2^-8 relative; the 72 input and kernel
+    # roundings add up like a random walk, ~ 2^-8 |y| together): ~ 3 x 2^-8 = 0.012 <= 0.05.
     np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=0.05 * np.abs(ref).max())

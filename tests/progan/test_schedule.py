@@ -34,6 +34,7 @@ SCHED = Schedule(final_resolution=32, training_kimg=600, transition_kimg=600, to
 def test_stage_at_known_points(images, level, fading, alpha, phase, batch):
   stage = SCHED.stage(images)
   assert (stage.level, stage.fading, stage.phase, stage.batch_size) == (level, fading, phase, batch)
+  # abs: the table's 0.0 is one image (1 / 600,000 = 1.7e-6) into the fade; exact below.
   assert stage.alpha == pytest.approx(alpha, abs=1e-5)
   lod = official_lod(images / 1000, 5, 2, 600, 600)
   assert stage.level == 5 - int(lod // 1)

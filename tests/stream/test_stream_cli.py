@@ -17,6 +17,10 @@ from websockets.sync.client import connect
 from readingnotes_jax.stream import __main__ as cli
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+_RUN_WITH_SIGINT = ("import runpy, signal\n"
+                    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+                    "runpy.run_module('readingnotes_jax.stream', run_name='__main__', "
+                    "alter_sys=True)")
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +35,13 @@ def clip(tmp_path_factory) -> pathlib.Path:
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_command_streams_and_stops_cleanly(clip, stop):
+  # A shell starting the suite in the background (`cmd &`) makes it ignore SIGINT, and children
+  # inherit that: the child restores Python's default handler itself (as from a terminal), then
+  # runs the command. Not preexec_fn: that makes subprocess fork() this process, which has JAX's
+  # threads by now (JAX warns it may deadlock); without it, vfork/posix_spawn and exec at once.
   process = subprocess.Popen(
-      [sys.executable, "-m", "readingnotes_jax.stream", "--source", f"demo={clip}", "--port", "0",
-       "--loop", "--fps", "50"], cwd=REPO, stderr=subprocess.PIPE, text=True,
-      # A shell starting the suite in the background (`cmd &`) makes it ignore SIGINT, and
-      # children inherit that: give the command the default, as from a terminal.
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+      [sys.executable, "-c", _RUN_WITH_SIGINT, "--source", f"demo={clip}", "--port", "0",
+       "--loop", "--fps", "50"], cwd=REPO, stderr=subprocess.PIPE, text=True)
   lines = queue.Queue()
   reader = threading.Thread(target=lambda: [lines.put(l) for l in process.stderr], daemon=True)
   reader.start()

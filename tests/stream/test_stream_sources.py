@@ -86,6 +86,8 @@ def test_latent_walk_is_the_official_gaussian_filtered_noise():
   taps /= taps.sum()
   want = scipy.ndimage.gaussian_filter1d(noise, sigma, axis=0, truncate=4.0)[radius:-radius]
   want /= np.sqrt(np.sum(taps**2))
+  # Float32 against float64: 25-tap sums of N(0, 1) values, |got| < 2.4: ~ sqrt(25) eps32 x
+  # 2.4 = 1.4e-6 (measured 9.7e-8); another seed or sigma changes values by O(1).
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Smooth: neighbouring latents are much closer than independent draws.
   steps = np.linalg.norm(np.diff(got, axis=0), axis=1)

@@ -1,0 +1,289 @@
+"""The trainer contract (readingnotes_jax.training.runner), run over every experiment config.
+
+Each config file under experiments/configs/<paper>/ is run at its `:test`
+variant on tiny generated data of its own data source (tiny_data.py):
+- a full run writes loss rows, evaluations, figures, config.json and TensorBoard events;
+- stopped twice with `--stop_after_steps` and resumed, it ends with the same loss rows
+  and a bit-identical state;
+- bad input exits 2 with one line on stderr and leaves a finished workdir untouched;
+- a non-finite loss stops the run and keeps the last good checkpoint;
+- 8 simulated devices give the 1-device run's losses and state up to float error;
+- two processes of 4 devices each (jax.distributed over 127.0.0.1, gloo collectives)
+  give the 8-device run's losses, and resume exactly (one config per paper).
+A new paper is covered by adding its config files (and a writer for a new data source).
+"""
+import hashlib
+import json
+import math
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import tiny_data
+from experiments import cli
+from readingnotes_jax.errors import UserError
+from readingnotes_jax.training import mesh as mesh_lib, runner
+from readingnotes_jax.training.checkpoint import Checkpointer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "experiments" / "configs"
+CONFIGS = sorted(str(p.relative_to(CONFIG_DIR).with_suffix(""))
+                 for p in CONFIG_DIR.glob("*/*.py")
+                 if p.name not in ("__init__.py", "common.py"))
+# One config per paper also runs as two processes (the first file of each folder).
+FIRST_OF_PAPER = sorted({name.split("/")[0]: name for name in reversed(CONFIGS)}.values())
+
+
+def by_config(names):
+  """Parameters grouped per config, so `pytest -n 2 --dist loadgroup` keeps a config's
+  tests (and its cached runs) on one worker."""
+  return [pytest.param(n, id=n, marks=pytest.mark.xdist_group(n)) for n in names]
+# 8 devices vs 1: the same arithmetic with sums split over devices, so float32 rounding
+# differs (2^-24 relative per addition) and grows through the run's few steps. Losses are
+# compared elementwise at rtol 1e-4 (the trainers' own 8-vs-1 bar since stop 5); states
+# norm-wise per array, ||a - b|| <= 1e-4 ||a||: BatchNorm over a 3x3 map amplifies the
+# rounding of single parameters (seen: 3e-4 relative on one of 216 elements) but not of
+# whole arrays, while a real fault (per-device BatchNorm statistics, a wrong batch split)
+# changes whole arrays by > 1e-2.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def load_config(name: str, overrides: dict):
+  import importlib  # pylint: disable=import-outside-toplevel
+  module = importlib.import_module("experiments.configs." + name.replace("/", "."))
+  config = module.get_config("test")
+  for key, value in overrides.items():
+    node = config
+    *parents, last = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def config_flags(name: str, overrides: dict) -> list[str]:
+  return [f"--config={CONFIG_DIR / name}.py:test",
+          *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def make_task_of(config):
+  return cli.paper_module(config).make_task
+
+
+def is_train_row(row: dict) -> bool:
+  return any(k.endswith("_per_second") for k in row)
+
+
+def loss_rows(workdir: pathlib.Path) -> list[dict]:
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in r.items() if not k.endswith("_per_second")}
+          for r in rows if is_train_row(r)]
+
+
+def final_state(workdir: pathlib.Path, config):
+  mesh = mesh_lib.make_data_mesh(1)
+  task = make_task_of(config)(config, mesh)
+  try:
+    state, meta = runner.restore_latest(workdir, runner.abstract_state(task))
+  finally:
+    task.close()
+  return jax.device_get(state), meta
+
+
+def tree_digest(folder: pathlib.Path) -> dict[str, str]:
+  return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def python(*args, env=None, timeout=600):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_caches(tmp_path_factory):
+  """TFDS builds and compiled programs of this module in a folder of its own."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("READINGNOTES_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+
+
+@pytest.fixture(scope="module")
+def data_overrides(tmp_path_factory):
+  """{data source: config overrides naming its tiny tree}, written on first use."""
+  made = {}
+
+  def get(name):
+    source = load_config(name, {}).data.source
+    if source not in made:
+      made[source] = tiny_data.write(source, tmp_path_factory.mktemp(source))
+    return made[source]
+  return get
+
+
+@pytest.fixture(scope="module")
+def full_runs(data_overrides, tmp_path_factory):
+  """{config name: (workdir, final scores)} of one uninterrupted run, made on first use."""
+  runs = {}
+
+  def get(name):
+    if name not in runs:
+      config = load_config(name, data_overrides(name))
+      workdir = tmp_path_factory.mktemp(name.replace("/", "_"))
+      runs[name] = workdir, runner.train(config, str(workdir), make_task_of(config))
+    return runs[name]
+  return get
+
+
+@pytest.mark.parametrize("name", by_config(CONFIGS))
+def test_full_run_writes_the_contract_files(name, full_runs):
+  workdir, scores = full_runs(name)
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in rows if is_train_row(r)]
+  assert steps == sorted(set(steps)) and steps[0] >= 1
+  assert scores and all(k in rows[-1] for k in scores)  # the final evaluation is logged.
+  assert json.loads((workdir / "config.json").read_text())["trainer"] == name.split("/")[0]
+  assert any((workdir / "figures").glob("*.png"))
+  assert any((workdir / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("name", by_config(CONFIGS))
+def test_resume_after_stop_is_exact(name, full_runs, data_overrides, tmp_path):
+  full_dir, _ = full_runs(name)
+  config = load_config(name, data_overrides(name))
+  make_task = make_task_of(config)
+  assert runner.train(config, str(tmp_path), make_task, stop_after_steps=3) == {}
+  assert loss_rows(tmp_path)[-1]["step"] == 3
+  runner.train(config, str(tmp_path), make_task, stop_after_steps=2)
+  runner.train(config, str(tmp_path), make_task)
+  assert loss_rows(tmp_path) == loss_rows(full_dir)
+  a, meta_a = final_state(full_dir, config)
+  b, meta_b = final_state(tmp_path, config)
+  assert meta_a == meta_b
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("name", by_config(CONFIGS))
+def test_bad_input_exits_2_and_leaves_the_workdir_untouched(name, full_runs, data_overrides,
+                                                            tmp_path):
+  full_dir, _ = full_runs(name)
+  before = tree_digest(full_dir)
+  data = data_overrides(name)
+  cases = {
+      "unknown key": config_flags(name, data) + ["--config.no_such_key=1"],
+      "missing data": config_flags(name, {**data, "data.path": tmp_path / "nothing"}),
+      "another seed": config_flags(name, {**data, "seed": 12345}),
+      "stop_after_steps 0": config_flags(name, data) + ["--stop_after_steps=0"],
+  }
+  for case, args in cases.items():
+    r = python("-m", "experiments.train", *args, f"--workdir={full_dir}")
+    assert r.returncode == 2, (case, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], (case, r.stderr[-2000:])
+    assert tree_digest(full_dir) == before, case
+
+
+@pytest.mark.parametrize("name", by_config(CONFIGS))
+def test_non_finite_loss_keeps_the_last_good_checkpoint(name, data_overrides, tmp_path):
+  """The paper's step returns NaN from the step after the first checkpoint on: the run stops
+  with UserError and that checkpoint (finite) stays the latest."""
+  config = load_config(name, data_overrides(name))
+  bad = config.checkpoint_every_steps + 1
+
+  def make_task(config, mesh):
+    task = make_task_of(config)(config, mesh)
+    step = task.train_step
+
+    def poisoned(state, i, position):
+      state, metrics, info, position = step(state, i, position)
+      if i + 1 >= bad:
+        metrics = {**metrics, next(iter(metrics)): np.float32("nan")}
+      return state, metrics, info, position
+    task.train_step = poisoned
+    return task
+
+  with pytest.raises(UserError, match=f"non-finite loss at step {bad} .*step {bad - 1}"):
+    runner.train(config, str(tmp_path), make_task)
+  latest = Checkpointer(tmp_path / "checkpoints").latest_step()
+  assert latest == bad - 1
+  state, meta = final_state(tmp_path, config)
+  assert meta["step"] == latest
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state)
+             if np.issubdtype(np.asarray(x).dtype, np.floating))
+  assert all(r["step"] < bad for r in loss_rows(tmp_path))
+
+
+def _compare_runs(a_dir: pathlib.Path, b_dir: pathlib.Path, config) -> None:
+  a_rows, b_rows = loss_rows(a_dir), loss_rows(b_dir)
+  assert [r["step"] for r in a_rows] == [r["step"] for r in b_rows]
+  for ra, rb in zip(a_rows, b_rows):
+    for key, value in ra.items():
+      if isinstance(value, float):
+        assert math.isclose(value, rb[key], rel_tol=RTOL, abs_tol=ATOL), (ra["step"], key)
+  a, meta_a = final_state(a_dir, config)
+  b, meta_b = final_state(b_dir, config)
+  assert meta_a == meta_b
+  def close(path, x, y):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    assert np.linalg.norm(x - y) <= RTOL * np.linalg.norm(x) + ATOL, jax.tree_util.keystr(path)
+  jax.tree_util.tree_map_with_path(close, a, b)
+
+
+@pytest.fixture(scope="module")
+def eight_device_runs(data_overrides, tmp_path_factory):
+  """{config name: workdir} of one run on 8 simulated CPU devices (a fresh process)."""
+  runs = {}
+
+  def get(name):
+    if name not in runs:
+      workdir = tmp_path_factory.mktemp(name.replace("/", "_") + "_8dev")
+      r = python("-m", "experiments.train",
+                 *config_flags(name, {**data_overrides(name), "num_devices": 8}),
+                 f"--workdir={workdir}",
+                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+      assert r.returncode == 0, r.stderr[-3000:]
+      runs[name] = workdir
+    return runs[name]
+  return get
+
+
+@pytest.mark.parametrize("name", by_config(CONFIGS))
+def test_eight_devices_match_one(name, full_runs, eight_device_runs, data_overrides):
+  full_dir, _ = full_runs(name)
+  _compare_runs(full_dir, eight_device_runs(name), load_config(name, data_overrides(name)))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(name: str, data: dict, workdir: pathlib.Path, *extra: str) -> None:
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", *config_flags(name, {**data, "num_devices": 8}),
+       f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}", *extra],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.parametrize("name", by_config(FIRST_OF_PAPER))
+def test_two_processes_match_eight_devices_and_resume(name, eight_device_runs, data_overrides,
+                                                      tmp_path):
+  data = data_overrides(name)
+  _two_processes(name, data, tmp_path, "--stop_after_steps=3")
+  assert loss_rows(tmp_path)[-1]["step"] == 3
+  _two_processes(name, data, tmp_path)
+  _compare_runs(eight_device_runs(name), tmp_path, load_config(name, data))
