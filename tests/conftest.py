@@ -4,6 +4,13 @@ import pathlib
 
 import pytest
 
+# Under pytest-xdist (scripts/test.sh runs two workers) each worker builds data sets and
+# compiles into its own cache folder, so two builds of one data set never race.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  _root = os.environ.get("READINGNOTES_CACHE",
+                         os.path.join(os.path.expanduser("~"), ".cache", "readingnotes_jax"))
+  os.environ["READINGNOTES_CACHE"] = os.path.join(_root, os.environ["PYTEST_XDIST_WORKER"])
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
@@ -12,3 +19,12 @@ def data_dir() -> pathlib.Path:
   if not path or not pathlib.Path(path).is_dir():
     pytest.skip("real data not found: set READINGNOTES_DATA=../shared/data")
   return pathlib.Path(path).resolve()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups.
+def pytest_collection_modifyitems(items):
+  """With `--dist loadgroup`, a test file's tests share a worker (and its module fixtures)
+  unless they name a group of their own (the contract suite groups by config)."""
+  for item in items:
+    if not item.get_closest_marker("xdist_group"):
+      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

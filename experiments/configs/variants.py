@@ -5,7 +5,7 @@ config file defines (`runlocal`: the CPU demo; `test`: seconds on a CPU, run
 by the contract suite; paper-specific ones such as PSPNet's `ms`) and
 `key=value` overrides (values read as Python literals, else as strings):
 
-  --config experiments/configs/pspnet/camvid_pspnet50.py:runlocal,model.dtype=bfloat16,model.bins=(1,2,4)
+  --config experiments/configs/pspnet/camvid_pspnet50.py:runlocal,model.dtype=bfloat16,model.bins=(1,2,4,8)
 """
 import ast
 from collections.abc import Callable

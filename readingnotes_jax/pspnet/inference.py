@@ -51,7 +51,8 @@ def make_probability_fn(model: nn.Module, *, flip: bool, mesh: jax.sharding.Mesh
   with `flip`, averaged with the mirrored crops' probabilities mirrored back.
   Compiled once per crop shape; bind `variables` with `functools.partial` to
   get a `ProbabilityFn`. With a `mesh`, crops are split over its devices (the
-  batch must divide evenly) and `variables` should be replicated on it.
+  batch must divide evenly) and `variables` should be replicated on it; with a mesh
+  over several processes, each passes the same crops.
   """
   def softmax_at_crop_size(variables, crops):
     logits = model.apply(variables, crops, train=False)
@@ -70,8 +71,15 @@ def make_probability_fn(model: nn.Module, *, flip: bool, mesh: jax.sharding.Mesh
     compiled = jax.jit(probabilities)
     return lambda variables, crops: np.asarray(compiled(variables, crops))
   sharded = mesh_lib.batch_sharded(mesh)
-  compiled = jax.jit(probabilities, in_shardings=(mesh_lib.replicated(mesh), sharded))
-  return lambda variables, crops: np.asarray(compiled(variables, jax.device_put(crops, sharded)))
+  # Every process passes the same crops and gets all probabilities back (replicated output),
+  # so evaluation also runs when the mesh spans several processes.
+  compiled = jax.jit(probabilities, in_shardings=(mesh_lib.replicated(mesh), sharded),
+                     out_shardings=mesh_lib.replicated(mesh))
+
+  def run(variables, crops):
+    crops = jax.make_array_from_callback(crops.shape, sharded, lambda index: crops[index])
+    return np.asarray(compiled(variables, crops))
+  return run
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
