@@ -27,6 +27,7 @@ import pytest
 
 import tiny_data
 from experiments import cli
+from experiments.configs import variants
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.training import mesh as mesh_lib, runner
 from readingnotes_jax.training.checkpoint import Checkpointer
@@ -71,11 +72,7 @@ def load_config(name: str, overrides: dict):
   module = importlib.import_module("experiments.configs." + name.replace("/", "."))
   config = module.get_config("test")
   for key, value in overrides.items():
-    node = config
-    *parents, last = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[last] = value
+    variants.set_path(config, key, value)
   return config
 
 

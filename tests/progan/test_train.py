@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.configs import variants
 from experiments.configs.progan import fashion_mnist_32
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.progan import predict, train
@@ -39,30 +40,11 @@ def write_idx(folder: pathlib.Path, n: int = 64, seed: int = 0) -> None:
 
 
 def tiny_config(data_path: pathlib.Path, **overrides):
-  """8 -> 16 px, a few steps per phase, narrow networks: compiles 3 small steps."""
-  c = fashion_mnist_32.get_config("runlocal")
+  """The `:test` variant (8 -> 16 px, 16 steps of 8 images, tiny nets) on `data_path`."""
+  c = fashion_mnist_32.get_config("test")
   c.data.path = str(data_path)
-  c.model.resolution = 16
-  c.schedule.start_resolution = 8
-  c.model.latent_size = 16
-  c.model.fmap_base = 32
-  c.model.fmap_max = 8
-  c.schedule.training_kimg = 0.032
-  c.schedule.transition_kimg = 0.032
-  c.schedule.total_kimg = 0.128
-  c.schedule.minibatch = "8:8,16:8"
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 3
-  c.eval.num_images = 32
-  c.eval.ms_ssim_pairs = 4
-  c.eval.batch_size = 32
-  c.figures.grid_size = 4
-  for k, v in overrides.items():
-    target = c
-    *path, last = k.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = v
+  for key, value in overrides.items():
+    variants.set_path(c, key, value)
   return c
 
 

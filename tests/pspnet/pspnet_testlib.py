@@ -5,6 +5,7 @@ import flax.linen as nn
 import numpy as np
 from PIL import Image
 
+from experiments.configs import variants
 from experiments.configs.pspnet import camvid_pspnet50
 from readingnotes_jax.nn.batch_norm import BatchNorm
 from readingnotes_jax.nn.resize import resize_bilinear_align_corners
@@ -89,9 +90,5 @@ def tiny_config(data_path: pathlib.Path, **overrides):
   c.eval.periodic_images = 2
   c.figures.num_examples = 2
   for key, value in overrides.items():
-    target = c
-    *path, last = key.split(".")
-    for part in path:
-      target = target[part]
-    target[last] = value
+    variants.set_path(c, key, value)
   return c
