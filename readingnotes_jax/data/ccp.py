@@ -61,9 +61,15 @@ class CCP(segmentation.SegmentationBuilder):
     return {split: self._generate_examples(pairs) for split, pairs in splits.items()}
 
   def _read_raw_label(self, path: pathlib.Path) -> np.ndarray:
-    try:
-      return np.asarray(scipy.io.loadmat(path)["groundtruth"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise UserError(f"{path}: unreadable CCP label, expected variable groundtruth "
-                      f"({type(e).__name__}: {e})") from e
+    return read_label(path)
+
+
+def read_label(path: pathlib.Path) -> np.ndarray:
+  """The `groundtruth` array (uint8 H x W, labels of label_list.mat) of a CCP label file."""
+  try:
+    return np.asarray(scipy.io.loadmat(path)["groundtruth"])
+  except (OSError, ValueError, KeyError, TypeError, IndexError,
+          scipy.io.matlab.MatReadError) as e:  # what scipy raises on truncated / garbage files
+    raise UserError(f"{path}: unreadable CCP label, expected variable groundtruth "
+                    f"({type(e).__name__}: {e})") from e
 

@@ -327,3 +327,16 @@ def test_real_ccp(data_dir, tmp_path):
     image, label = segmentation.image_and_label(source[len(source) - 1])
     assert image.shape[1:] == (550, 3) and label.shape == image.shape[:2]
     assert 0 < label.max() < 59
+
+
+@pytest.mark.parametrize("content", [b"", b"MATLAB 5.0 MAT-file" * 4, "half"])
+def test_ccp_corrupt_label_is_one_line(tmp_path, content):
+  """Empty, garbage and truncated .mat files: scipy raises OSError, IndexError or
+  MatReadError (not a ValueError); each must become UserError naming the file."""
+  path = tmp_path / "0001.mat"
+  if content == "half":
+    scipy.io.savemat(path, {"groundtruth": np.zeros((40, 30), np.uint8)})
+    content = path.read_bytes()[:150]
+  path.write_bytes(content)
+  with pytest.raises(UserError, match="0001.mat: unreadable CCP label"):
+    ccp.read_label(path)
