@@ -4,31 +4,20 @@ Shape: 3x3 conv 512->512 at 32x32, batch 16 (the ProGAN 32x32 block). FLOPs are
 counted as 2*N*H*W*Cin*Cout*k*k forward and three times that forward+backward
 (gradients of input and kernel). Prints one JSON line with GFLOP/s (wall
 clock) and GFLOP per CPU-second of this process (less sensitive to other
-processes sharing the CPU; the load averages in the line tell whether they did).
+processes sharing the CPU; the load averages in the line tell whether they did),
+after the CPU's model and flags (`common.machine_description`).
 
   python -m benchmarks.conv_lowering [--repeats 5]
 """
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import common
 from readingnotes_jax.nn.conv import conv2d
-
-
-def _seconds(fn, *args, repeats: int) -> tuple[float, float]:
-  """Best wall-clock and best process CPU seconds of one call."""
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  wall = cpu = float("inf")
-  for _ in range(repeats):
-    start, start_cpu = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    wall = min(wall, time.perf_counter() - start)
-    cpu = min(cpu, time.process_time() - start_cpu)
-  return wall, cpu
 
 
 def main() -> None:
@@ -41,8 +30,8 @@ def main() -> None:
   n, s, c, k = args.batch, args.size, args.channels, 3
   flops = 2 * n * s * s * c * c * k * k
   kx, kw = jax.random.split(jax.random.key(0))
-  result = {"device": jax.devices()[0].device_kind, "shape": [n, s, s, c, c, k],
-            "gflop_fwd": flops / 1e9, "load_average_before": os.getloadavg()[0]}
+  result = {**common.machine_description(), "shape": [n, s, s, c, c, k],
+            "gflop_fwd": flops / 1e9}
   for dtype in ("float32", "bfloat16"):
     x = jax.random.normal(kx, (n, s, s, c), dtype)
     w = jax.random.normal(kw, (k, k, c, c), dtype) * 0.02
@@ -52,7 +41,7 @@ def main() -> None:
           conv2d(x, w, lowering=lowering).astype(jnp.float32))
       fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
       for name, fn, work in (("fwd", fwd, flops), ("fwd_bwd", fwd_bwd, 3 * flops)):
-        wall, cpu = _seconds(fn, x, w, repeats=args.repeats)
+        wall, cpu = common.seconds(fn, x, w, repeats=args.repeats)
         result[f"{lowering}_{dtype}_{name}_gflops"] = round(work / wall / 1e9, 1)
         result[f"{lowering}_{dtype}_{name}_gflop_per_cpu_s"] = round(work / cpu / 1e9, 1)
   result["load_average_after"] = os.getloadavg()[0]

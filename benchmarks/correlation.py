@@ -5,31 +5,20 @@ padding 8: 289 output channels. Useful work: 2 * N * H_out * W_out * K^2 * C flo
 forward, three times that forward+backward. Prints one JSON line with the best wall and
 process-CPU seconds of each method (CPU seconds are less sensitive to other processes on
 a shared machine; the load averages tell whether there were any), and the peer
-`spatial-correlation-sampler` (PyTorch, raw sums) when it is importable.
+`spatial-correlation-sampler` (PyTorch, raw sums) when it is importable; the line starts
+with the CPU's model and flags (`common.machine_description`).
 
   python -m benchmarks.correlation [--repeats 3] [--methods matmul,conv]
 """
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import common
 from readingnotes_jax.nn import correlation as corr
-
-
-def _seconds(fn, *args, repeats: int) -> tuple[float, float]:
-  """Best wall-clock and best process-CPU seconds of one call, after a warm-up call."""
-  jax.block_until_ready(fn(*args))
-  wall = cpu = float("inf")
-  for _ in range(repeats):
-    start, start_cpu = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    wall = min(wall, time.perf_counter() - start)
-    cpu = min(cpu, time.process_time() - start_cpu)
-  return wall, cpu
 
 
 def _peer_seconds(shape, d, s1, s2, pad, repeats):
@@ -46,17 +35,8 @@ def _peer_seconds(shape, d, s1, s2, pad, repeats):
   b = torch.randn(n, c, h, w, requires_grad=True)
   fwd = lambda: sampler(a, b)
   fwd_bwd = lambda: sampler(a, b).sin().sum().backward()
-  out = {}
-  for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-    fn()
-    wall = cpu = float("inf")
-    for _ in range(repeats):
-      start, start_cpu = time.perf_counter(), time.process_time()
-      fn()
-      wall = min(wall, time.perf_counter() - start)
-      cpu = min(cpu, time.process_time() - start_cpu)
-    out[name] = (wall, cpu)
-  return out
+  return {name: common.seconds(fn, repeats=repeats)
+          for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd))}
 
 
 def main() -> None:
@@ -73,9 +53,8 @@ def main() -> None:
   k = 2 * (d // s2) + 1
   out_h, out_w = (corr.correlation_output_size(v, d, s1, pad) for v in (h, w))
   flops = 2 * n * out_h * out_w * k * k * c
-  result = {"device": jax.devices()[0].device_kind, "shape": list(shape),
-            "config": [d, s1, s2, pad], "gflop_fwd": flops / 1e9,
-            "load_average_before": os.getloadavg()[0]}
+  result = {**common.machine_description(), "shape": list(shape), "config": [d, s1, s2, pad],
+            "gflop_fwd": flops / 1e9}
   kt, ktau = jax.random.split(jax.random.key(0))
   x_t, x_tau = jax.random.normal(kt, shape), jax.random.normal(ktau, shape)
   for method in args.methods.split(","):
@@ -84,7 +63,7 @@ def main() -> None:
                                                                    method=m)))
     fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     for name, fn, work in (("fwd", fwd, flops), ("fwd_bwd", fwd_bwd, 3 * flops)):
-      wall, cpu = _seconds(fn, x_t, x_tau, repeats=args.repeats)
+      wall, cpu = common.seconds(fn, x_t, x_tau, repeats=args.repeats)
       result[f"{method}_{name}_s"] = round(wall, 4)
       result[f"{method}_{name}_cpu_s"] = round(cpu, 4)
       result[f"{method}_{name}_gflops"] = round(work / wall / 1e9, 2)

@@ -9,7 +9,10 @@ call of the compiled `progan.train.train_step`; the peer's is what its
 `ProGAN.train` does per minibatch: `optimize_discriminator`, `update_average`
 (EMA), `optimize_generator`. Both networks have the same parameter count
 (printed). Our variants: float32 and bfloat16 compute (parameters and Adam
-state float32), each with the "xla" and "matmul" convolution lowerings.
+state float32; bfloat16 runs as float32 on a CPU without bfloat16 instructions, as
+training does: `nn.precision.compute_dtype`), each with the "xla" and "matmul"
+convolution lowerings. The JSON line names the CPU model and its relevant flags, and per
+variant the lowering and the dtype it ran as.
 
 Timed in rounds after one warm-up call each, the order reversed every other
 round (a busy machine slows all alike, a drifting load favours none); the
@@ -59,7 +62,7 @@ import numpy as np
 
 from experiments.configs.progan import fashion_mnist_32
 from readingnotes_jax.errors import UserError
-from readingnotes_jax.nn import conv
+from readingnotes_jax.nn import conv, precision
 from readingnotes_jax.progan import train as progan_train
 from readingnotes_jax.training import loop, mesh as mesh_lib
 
@@ -414,7 +417,7 @@ def main() -> None:
                     f"from {list(VARIANTS)}, counts >= 1")
 
   result = {"benchmark": "progan_step", "device": jax.devices()[0].device_kind,
-            "cpus": os.cpu_count(), "jax": jax.__version__, "resolution": args.resolution,
+            **precision.describe_cpu(), "jax": jax.__version__, "resolution": args.resolution,
             "levels": level - 1, "phase": "stable", "batch": args.batch,
             "feature_maps": CHANNELS, "image_channels": NUM_CHANNELS,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -442,7 +445,8 @@ def main() -> None:
   for name in variants:
     runners[name], flops[name], compile_s, params = build_ours(name, args.resolution, args.batch)
     ours[name] = {"compile_s": round(compile_s, 1), "params": params,
-                  "flops_per_step": flops[name]}
+                  "flops_per_step": flops[name], "lowering": VARIANTS[name][1],
+                  "runs_as": precision.compute_dtype(VARIANTS[name][0]).name}
 
   for run in runners.values():  # warm-up
     run()

@@ -6,7 +6,8 @@ machine slows both alike); median wall seconds per call, and median CPU seconds
 of this process (on a shared machine run it pinned, `OMP_NUM_THREADS=1 taskset
 -c 0 python -m ...`, and compare CPU seconds: compute per core, whatever else
 runs). Variants: float32 with the default per-layer conv lowering ("auto",
-`conv2d(lowering=None)`), all "matmul", all "xla", bfloat16 compute, and
+`conv2d(lowering=None)`), all "matmul", all "xla", bfloat16 compute (float32 on a CPU
+without bfloat16 instructions, as training runs: `nn.precision.compute_dtype`), and
 "f32_concat": float32 with `factorized_head=False` (the head convolves the
 upsampled, concatenated pyramid as semseg does; the other variants use
 `conv_of_pyramid`, the same function with half of that conv's work). Train step: forward in
@@ -16,7 +17,8 @@ Achieved FLOP/s divide the network's FLOPs as the peer computes them (XLA:CPU's
 cost analysis of the float32 "xla", semseg-order step; on CPU each variant's
 own count is printed too) by the time; the peak is a 4096^3 float32 (and bfloat16
 with float32 accumulation) matmul measured in the same run. Ratios are
-torch seconds / our seconds (> 1: we are faster). Prints one JSON line.
+torch seconds / our seconds (> 1: we are faster). Prints one JSON line, with the CPU's
+model and relevant flags and, per variant, the dtype and conv lowering it ran with.
 
   python -m benchmarks.pspnet_step [--repeats 5] [--variants f32_auto,f32_matmul,...]
       [--torch_bf16]
@@ -41,13 +43,14 @@ import optax
 import torch
 
 from benchmarks import torch_pspnet
+from readingnotes_jax.nn import precision
 from readingnotes_jax.pspnet.convert import load_semseg_checkpoint
 from readingnotes_jax.pspnet.model import PSPNet, pspnet_loss
 
 VARIANTS = {"f32_auto": {}, "f32_matmul": {"lowering": "matmul"}, "f32_xla": {"lowering": "xla"},
-            "f32_concat": {"factorized_head": False}, "bf16_auto": {"dtype": jnp.bfloat16},
-            "bf16_matmul": {"dtype": jnp.bfloat16, "lowering": "matmul"},
-            "bf16_xla": {"dtype": jnp.bfloat16, "lowering": "xla"}}
+            "f32_concat": {"factorized_head": False}, "bf16_auto": {"dtype": "bfloat16"},
+            "bf16_matmul": {"dtype": "bfloat16", "lowering": "matmul"},
+            "bf16_xla": {"dtype": "bfloat16", "lowering": "xla"}}
 CLASSES = 150
 
 
@@ -103,7 +106,8 @@ def main() -> None:
   device = torch.device("cuda" if gpu else "cpu")
   sync = torch.cuda.synchronize if gpu else lambda: None
   variants = args.variants.split(",")
-  result = {"device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
+  result = {"device": jax.devices()[0].device_kind, **precision.describe_cpu(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
             "torch": torch.__version__, "train": [args.train_batch, args.train_crop],
             "infer": [args.infer_batch, args.infer_crop], "load_before": os.getloadavg()[0],
@@ -168,7 +172,12 @@ def main() -> None:
   flops = {"peer": {"train": peer_train.compile().cost_analysis()["flops"],
                     "infer": peer_infer.compile().cost_analysis()["flops"]}}
   for name in variants:
-    model = PSPNet(CLASSES, **VARIANTS[name])
+    options = {**VARIANTS[name],
+               "dtype": precision.compute_dtype(VARIANTS[name].get("dtype", "float32"))}
+    result[f"{name}_runs_as"] = {
+        "dtype": options["dtype"].name,
+        "lowering": options.get("lowering", "per layer (nn.conv.default_lowering)")}
+    model = PSPNet(CLASSES, **options)
     step = make_train_step(model, sgd)
     infer = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False))
     state = jax.tree.map(jnp.copy, (variables["params"], variables["batch_stats"],

@@ -1,0 +1,29 @@
+"""What the benchmarks share: the machine's description and a best-of-N timer."""
+import os
+import time
+
+import jax
+
+from readingnotes_jax.nn import precision
+
+
+def machine_description() -> dict:
+  """JAX's device kind, the CPU (`precision.describe_cpu`) and the 1-minute load average now."""
+  return {"device": jax.devices()[0].device_kind, **precision.describe_cpu(),
+          "load_average_before": os.getloadavg()[0]}
+
+
+def seconds(fn, *args, repeats: int) -> tuple[float, float]:
+  """Best wall-clock and best process-CPU seconds of one call, after a warm-up call.
+
+  `fn` may return JAX arrays (waited for) or anything else (PyTorch CPU tensors are ready
+  on return).
+  """
+  jax.block_until_ready(fn(*args))
+  wall = cpu = float("inf")
+  for _ in range(repeats):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    wall = min(wall, time.perf_counter() - start)
+    cpu = min(cpu, time.process_time() - start_cpu)
+  return wall, cpu
