@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.stream import processors as processors_lib
 from readingnotes_jax.stream import sources as sources_lib
-from readingnotes_jax.stream.server import StreamServer
+from readingnotes_jax.stream import server as server_lib
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,13 +39,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="frame rate (default: the source's own rate)")
   parser.add_argument("--loop", action="store_true", help="restart a source that ends")
   parser.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100 (default 80)")
-  parser.add_argument("--token", default=None, help="require ?token=TOKEN to watch")
+  parser.add_argument("--token", default=None,
+                      help="require ?token=TOKEN to watch (at least 16 characters)")
   parser.add_argument("--allow-origin", action="append", default=[], metavar="URL",
                       help="also accept viewers from this page origin, e.g. http://myhost:8765")
+  parser.add_argument("--max-viewers", type=int, default=server_lib.MAX_VIEWERS,
+                      help="viewers at once; more get HTTP 503 (default %(default)s)")
+  parser.add_argument("--send-timeout", type=float, default=server_lib.SEND_TIMEOUT_S,
+                      metavar="SECONDS",
+                      help="drop a viewer when one message to it takes longer, i.e. it stopped "
+                      "reading (default %(default)s)")
   return parser
 
 
-def build(args: argparse.Namespace) -> StreamServer:
+def build(args: argparse.Namespace) -> server_lib.StreamServer:
   """The server the parsed flags describe (loads the models)."""
   if len(args.model) != len(args.checkpoint):
     raise UserError(f"{len(args.model)} --model but {len(args.checkpoint)} --checkpoint: "
@@ -57,9 +64,10 @@ def build(args: argparse.Namespace) -> StreamServer:
       sources.append(sources_lib.GENERATORS[name](checkpoint))
     else:
       processors.append(processors_lib.load(name, checkpoint))
-  return StreamServer(sources, processors, host=args.host, port=args.port, fps=args.fps,
-                      loop=args.loop, quality=args.quality, token=args.token,
-                      allowed_origins=args.allow_origin)
+  return server_lib.StreamServer(
+      sources, processors, host=args.host, port=args.port, fps=args.fps, loop=args.loop,
+      quality=args.quality, token=args.token, allowed_origins=args.allow_origin,
+      max_viewers=args.max_viewers, send_timeout=args.send_timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

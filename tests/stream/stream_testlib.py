@@ -3,14 +3,17 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import socket
 import struct
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
+from websockets.sync.client import connect
 
 from readingnotes_jax.stream.server import StreamServer
 from readingnotes_jax.stream.sources import Source
@@ -110,3 +113,90 @@ def wait_for(condition, timeout: float = 5.0, what: str = "condition") -> None:
     if time.monotonic() > deadline:
       pytest.fail(f"timed out waiting for {what}")
     time.sleep(0.02)
+
+
+def counted(source: Source) -> tuple[Source, list[float]]:
+  """`source`, and the list of the times it was opened (appended at each open)."""
+  opened = []
+
+  def open_frames():
+    opened.append(time.monotonic())
+    return source.open()
+
+  return Source(source.name, source.fps, open_frames), opened
+
+
+def ws_connect(server, query: str = "", **kwargs):
+  """A client that keeps reading into its queue while the test does not read (websockets'
+  default stops at 16 messages, and then its close waits close_timeout, 10 s, for the reply)."""
+  return connect(f"ws://127.0.0.1:{server.port}/ws{query}", compression=None, max_size=None,
+                 max_queue=None, open_timeout=5, **kwargs)
+
+
+def strict_json(text: str):
+  """json.loads without Python's NaN and Infinity extensions (what a browser's JSON.parse takes)."""
+
+  def refuse(name):
+    raise ValueError(f"{name} is not JSON")
+
+  return json.loads(text, parse_constant=refuse)
+
+
+def parse_stamp(message: bytes) -> dict:
+  """Reads the stamp the page reads: SOI, then a COM segment (FF FE, big-endian length)."""
+  assert message[:2] == b"\xff\xd8", "not a JPEG"
+  assert message[2:4] == b"\xff\xfe", "first segment is not a comment"
+  (length,) = struct.unpack(">H", message[4:6])
+  return json.loads(message[6:4 + length].decode("ascii"))
+
+
+def decode(message: bytes) -> np.ndarray:
+  bgr = cv2.imdecode(np.frombuffer(message, np.uint8), cv2.IMREAD_COLOR)
+  assert bgr is not None, "JPEG did not decode"
+  return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def receive(ws, frames: int, timeout: float = 5.0):
+  """Reads until `frames` frames arrived; returns (frames, control messages)."""
+  got, control = [], []
+  deadline = time.monotonic() + timeout
+  while len(got) < frames:
+    message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+    if isinstance(message, str) and message.startswith("{"):
+      control.append(strict_json(message))
+    else:
+      got.append(message)
+  return got, control
+
+
+def control_until(ws, kind: str, timeout: float = 5.0) -> dict:
+  deadline = time.monotonic() + timeout
+  while True:
+    message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+    if isinstance(message, str):
+      parsed = strict_json(message)
+      if parsed["type"] == kind:
+        return parsed
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> tuple[bytes, bytes]:
+  """Sends raw HTTP bytes and reads until the server closes: (status line and headers, body).
+
+  Raw, because http.client never reads the body of a response to HEAD.
+  """
+  with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    sock.sendall(request)
+    response = b""
+    while chunk := sock.recv(65536):
+      response += chunk
+  head, _, body = response.partition(b"\r\n\r\n")
+  return head, body
+
+
+def upgrade_request(port: int, path: str = "/ws", headers: tuple[str, ...] = ()) -> bytes:
+  """A WebSocket handshake request (RFC 6455 section 4.1) with extra header lines."""
+  key = base64.b64encode(os.urandom(16)).decode()
+  lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+           "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+           *headers]
+  return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -4,6 +4,7 @@ Skips when Playwright or a chromium binary is missing (CI installs both). Set
 STREAM_SCREENSHOT=path to keep the screenshot of the PETS09 stream (that is how
 docs/stream_page.png is made).
 """
+import json
 import os
 import pathlib
 import shutil
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from readingnotes_jax.stream.sources import parse_source
-from stream_testlib import running, synthetic
+from stream_testlib import control_until, running, synthetic, ws_connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -72,12 +73,18 @@ def test_page_streams_switches_source_and_reconnects(browser):
         "red", "blue"]
     assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == ["none"]
     assert centre_pixel(page)[0] > 100
+    assert page.inner_text("#picked") == "–"  # nobody switched yet
     page.select_option("#source", "blue")
     wait_js(page, """() => {
       const c = document.getElementById('view');
       const p = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data;
       return p[2] > 100 && p[0] < 50;
     }""")
+    assert page.inner_text("#picked") == "you"
+    with ws_connect(server) as other:  # another viewer's switch names that viewer
+      number = control_until(other, "hello")["you"]
+      other.send(json.dumps({"type": "select", "source": "red"}))
+      wait_js(page, f"() => document.getElementById('picked').textContent === 'viewer {number}'")
   wait_js(page, "() => document.getElementById('state').textContent.startsWith('closed')")
   frames = counter(page, "frames")
   with running([red], port=port):  # the page reconnects by itself

@@ -3,61 +3,17 @@ import base64
 import http.client
 import json
 import logging
-import struct
 import threading
 import time
 import tracemalloc
 
-import cv2
 import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
-from websockets.sync.client import connect
 
 from readingnotes_jax.stream.processors import Processor
-from stream_testlib import abort, noise_source, pattern, raw_websocket, running, synthetic, wait_for
-
-
-def ws_connect(server, query: str = "", **kwargs):
-  return connect(f"ws://127.0.0.1:{server.port}/ws{query}", compression=None, max_size=None,
-                 open_timeout=5, **kwargs)
-
-
-def parse_stamp(message: bytes) -> dict:
-  """Reads the stamp the page reads: SOI, then a COM segment (FF FE, big-endian length)."""
-  assert message[:2] == b"\xff\xd8", "not a JPEG"
-  assert message[2:4] == b"\xff\xfe", "first segment is not a comment"
-  (length,) = struct.unpack(">H", message[4:6])
-  return json.loads(message[6:4 + length].decode("ascii"))
-
-
-def decode(message: bytes) -> np.ndarray:
-  bgr = cv2.imdecode(np.frombuffer(message, np.uint8), cv2.IMREAD_COLOR)
-  assert bgr is not None, "JPEG did not decode"
-  return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def receive(ws, frames: int, timeout: float = 5.0):
-  """Reads until `frames` frames arrived; returns (frames, control messages)."""
-  got, control = [], []
-  deadline = time.monotonic() + timeout
-  while len(got) < frames:
-    message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
-    if isinstance(message, str) and message.startswith("{"):
-      control.append(json.loads(message))
-    else:
-      got.append(message)
-  return got, control
-
-
-def control_until(ws, kind: str, timeout: float = 5.0) -> dict:
-  deadline = time.monotonic() + timeout
-  while True:
-    message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
-    if isinstance(message, str):
-      parsed = json.loads(message)
-      if parsed["type"] == kind:
-        return parsed
+from stream_testlib import (abort, control_until, decode, noise_source, parse_stamp, pattern,
+                            raw_websocket, receive, running, synthetic, wait_for, ws_connect)
 
 
 def test_page_is_served_with_security_headers():
@@ -249,18 +205,19 @@ def test_viewers_select_source_and_model_by_name():
 
 
 def test_origin_allow_list_and_token():
-  with running([synthetic()], token="s3cret", allowed_origins=["http://lab:9000"]) as server:
-    for query, origin in (("", None), ("?token=wrong", None),
-                          ("?token=s3cret", "http://evil.example")):
+  token = "s3cret-s3cret-s3cret"
+  with running([synthetic()], token=token, allowed_origins=["http://lab:9000"]) as server:
+    for query, origin in (("", None), ("?token=wrong", None), (f"?token={token[:-1]}", None),
+                          (f"?token={token}", "http://evil.example")):
       with pytest.raises(InvalidStatus) as info:
         ws_connect(server, query, origin=origin)
       assert info.value.response.status_code == 403
     for origin in (None, f"http://127.0.0.1:{server.port}", f"http://localhost:{server.port}",
                    "http://lab:9000"):
-      with ws_connect(server, "?token=s3cret", origin=origin) as ws:
+      with ws_connect(server, f"?token={token}", origin=origin) as ws:
         assert receive(ws, 1)[0]
     with pytest.raises(InvalidStatus) as info:
-      ws_connect(server, "?token=s3cret&format=png")
+      ws_connect(server, f"?token={token}&format=png")
     assert info.value.response.status_code == 400
 
 

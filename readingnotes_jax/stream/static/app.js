@@ -20,6 +20,7 @@
   let serverDropped = 0;   // frames the server skipped for this connection
   let droppedBefore = 0;   // drops of earlier connections
   let lastSize = 0;
+  let me = null;           // this connection's viewer number (from hello)
   const drawn = [];        // [performance.now(), latency ms or NaN] of recent frames
 
   function wsUrl() {
@@ -85,10 +86,15 @@
   function onControl(msg) {
     switch (msg.type) {
       case "hello":
+        me = msg.you;
+      // falls through
       case "state":
         fillSelect($("source"), msg.sources, msg.source);
         fillSelect($("model"), msg.models, msg.model);
         $("viewers").textContent = msg.viewers;
+        // Who made the last switch: any viewer can, for everyone.
+        $("picked").textContent = msg.picked_by == null ? "–"
+          : msg.picked_by === me ? "you" : `viewer ${msg.picked_by}`;
         if (msg.status === "streaming") say("");
         break;
       case "stats":
