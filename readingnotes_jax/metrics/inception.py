@@ -43,8 +43,7 @@ agrees to 5.7e-5 and the logits to 1.7e-5 (max abs; torch float32 is itself
 """
 import functools
 import os
-import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -54,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn import torch_weights
 from readingnotes_jax.nn.batch_norm import BatchNorm
 
 INPUT_SIZE = 299
@@ -297,29 +297,13 @@ class FIDInceptionV3(nn.Module):
 
 # -- weights ----------------------------------------------------------------------------
 
-_LEAF_NAMES = {("params", "kernel"): "weight", ("params", "bias"): "bias",
-               ("params", "scale"): "weight", ("batch_stats", "mean"): "running_mean",
-               ("batch_stats", "var"): "running_var"}
+_FIX = (f"give pytorch-fid's {WEIGHTS_FILE} (release fid_weights) or an .npz of it "
+        f"(convert_fid_weights_to_npz), through config.fid_weights or ${WEIGHTS_ENV}")
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
   """pytorch-fid state-dict key of one flax variable, e.g. 'Mixed_5b.branch1x1.conv.weight'."""
-  return ".".join(path[:-1] + (_LEAF_NAMES[collection, path[-1]],))
-
-
-def _to_flax_layout(value: np.ndarray) -> np.ndarray:
-  """Conv OIHW -> HWIO, Linear [out, in] -> [in, out]; vectors as they are."""
-  if value.ndim == 4:
-    return value.transpose(2, 3, 1, 0)
-  if value.ndim == 2:
-    return value.T
-  return value
-
-
-def _to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-  if len(shape) == 4:
-    return (shape[3], shape[2], shape[0], shape[1])
-  return tuple(reversed(shape))
+  return torch_weights.torch_key(".".join(path[:-1]), collection, path[-1])
 
 
 @functools.cache
@@ -335,47 +319,6 @@ def fid_weights_path(config: Any) -> str | None:
   """`config.get('fid_weights')`, else the READINGNOTES_FID_WEIGHTS env var, else None."""
   path = config.get("fid_weights") if config is not None else None
   return path or os.environ.get(WEIGHTS_ENV) or None
-
-
-def _read_weights_file(path: str) -> Mapping[str, Any]:
-  """The state dict of a pytorch-fid .pth (via torch) or of an .npz of the same keys."""
-  if not os.path.isfile(path):
-    raise UserError(f"FID weights file {path} not found: download {WEIGHTS_FILE} (pytorch-fid "
-                    f"release fid_weights) and set config.fid_weights or ${WEIGHTS_ENV}")
-  if path.endswith(".npz"):
-    try:
-      with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as e:
-      raise UserError(f"cannot read FID weights {path}: {e}".splitlines()[0]
-                      + ": give an .npz written by convert_fid_weights_to_npz") from e
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError(f"reading {path} needs torch (pip install torch, the CPU wheel is enough), "
-                    f"or convert it once to .npz with convert_fid_weights_to_npz") from e
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-    raise UserError(f"cannot read FID weights {path}: {e}".splitlines()[0]
-                    + f": give pytorch-fid's {WEIGHTS_FILE} or an .npz of it") from e
-
-
-def _as_numpy_state(source: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """{key: float32 array}, torch tensors converted, num_batches_tracked dropped."""
-  state = {}
-  for key, value in source.items():
-    if key.endswith("num_batches_tracked"):
-      continue
-    if hasattr(value, "detach"):
-      value = value.detach().cpu().float().numpy()
-    state[key] = np.array(value, np.float32)  # a copy: torch buffers change in place
-  return state
-
-
-def _listed(keys: list[str], limit: int = 3) -> str:
-  shown = ", ".join(keys[:limit])
-  return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def load_fid_inception(path_or_state_dict: Any,
@@ -399,37 +342,22 @@ def load_fid_inception(path_or_state_dict: Any,
   source = path_or_state_dict
   where = "FID weights"
   if isinstance(source, (str, os.PathLike)):
-    source = _read_weights_file(os.fspath(source))
+    source = torch_weights.read_state_dict_file(source, where, _FIX)
     where = f"FID weights {os.fspath(path_or_state_dict)}"
-  if not isinstance(source, Mapping):
-    raise UserError(f"{where}: expected a state dict, got {type(source).__name__}: pass "
-                    f"the path of {WEIGHTS_FILE} or an .npz of it")
-  state = _as_numpy_state(source)
-  variables, missing, misshaped = {}, [], []
-  for (collection, *path), shape in variable_shapes().items():
-    key = torch_key(collection, tuple(path))
-    if key not in state:
-      missing.append(key)
-      continue
-    value = _to_flax_layout(state[key])
-    if value.shape != shape:
-      misshaped.append(f"{key} {tuple(state[key].shape)} (expected {_to_torch_shape(shape)})")
-      continue
-    variables[(collection, *path)] = np.ascontiguousarray(value)
-  unexpected = sorted(set(state) - {torch_key(c, tuple(p)) for c, *p in variable_shapes()})
-  problems = [f"{label} {_listed(keys)}" for label, keys in (
-      ("missing keys", missing), ("unexpected keys", unexpected),
-      ("mis-shaped keys", misshaped)) if keys]
-  if problems:
-    raise UserError(f"{where} do not fit the FID InceptionV3: {'; '.join(problems)}: give "
+  state = torch_weights.numpy_state_dict(source, where, _FIX)
+  match = torch_weights.match_state_dict(state, variable_shapes(), torch_key)
+  if match.problems():
+    raise UserError(f"{where} do not fit the FID InceptionV3: {match.problems()}: give "
                     f"pytorch-fid's {WEIGHTS_FILE} (or an .npz of its state dict)")
   model = FIDInceptionV3(**model_kwargs)
-  return model, jax.device_put(flax.traverse_util.unflatten_dict(variables))
+  return model, jax.device_put(flax.traverse_util.unflatten_dict(match.variables))
 
 
 def convert_fid_weights_to_npz(pth_path: str, npz_path: str) -> None:
   """Writes the state dict of a pytorch-fid `.pth` as an `.npz` (needs torch once)."""
-  state = _as_numpy_state(_read_weights_file(os.fspath(pth_path)))
+  where = "FID weights"
+  state = torch_weights.numpy_state_dict(
+      torch_weights.read_state_dict_file(pth_path, where, _FIX), where, _FIX)
   np.savez(npz_path, **state)
 
 

@@ -36,7 +36,6 @@ enough); a state dict of NumPy arrays needs nothing. For bfloat16 compute or
 another conv lowering: `model.clone(dtype=jnp.bfloat16, lowering="xla")`.
 """
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -47,11 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn import torch_weights
 from readingnotes_jax.pspnet.model import PSPNet
 
-_LEAF_NAMES = {("params", "kernel"): "weight", ("params", "bias"): "bias",
-               ("params", "scale"): "weight", ("batch_stats", "mean"): "running_mean",
-               ("batch_stats", "var"): "running_var"}
 _HEAD_MODULES = {"conv": "0", "bn": "1", "classifier": "4"}
 
 
@@ -73,42 +70,7 @@ def _module_name(path: tuple[str, ...]) -> str:
 
 def semseg_key(collection: str, path: tuple[str, ...]) -> str:
   """semseg state-dict key of one flax variable, e.g. ('params', ('cls', 'conv', 'kernel'))."""
-  return f"{_module_name(path[:-1])}.{_LEAF_NAMES[collection, path[-1]]}"
-
-
-def _read_state_dict(path_or_state_dict: Any) -> dict[str, np.ndarray]:
-  """A flat {key: float32 array} without `module.` prefixes or num_batches_tracked."""
-  source = path_or_state_dict
-  if isinstance(source, (str, os.PathLike)):
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise UserError(f"reading {os.fspath(source)} needs torch: pip install torch "
-                      f"(the CPU wheel is enough)") from e
-    try:
-      source = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-      raise UserError(f"cannot read checkpoint {os.fspath(source)}: {e}".splitlines()[0]
-                      + ": give a semseg .pth file") from e
-  if isinstance(source, Mapping) and "state_dict" in source:
-    source = source["state_dict"]
-  if not isinstance(source, Mapping):
-    raise UserError(f"expected a semseg checkpoint or state dict, got {type(source).__name__}: "
-                    f"pass the .pth path or checkpoint['state_dict']")
-  state = {}
-  for key, value in source.items():
-    key = key.removeprefix("module.")
-    if key.endswith("num_batches_tracked"):
-      continue
-    if hasattr(value, "detach"):
-      value = value.detach().cpu().float().numpy()
-    state[key] = np.array(value, np.float32)  # a copy: torch buffers change in place
-  return state
-
-
-def _natural_order(key: str) -> list:
-  """'layer3.10.x' after 'layer3.9.x'."""
-  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+  return torch_weights.torch_key(_module_name(path[:-1]), collection, path[-1])
 
 
 def _layers_hint(state: Mapping[str, np.ndarray], layers: int) -> str:
@@ -125,8 +87,9 @@ def load_semseg_checkpoint(path_or_state_dict: Any, num_classes: int,
   """Builds `PSPNet(num_classes, layers)` and its variables from a semseg checkpoint.
 
   Args:
-    path_or_state_dict: a `.pth` path (needs torch), the checkpoint dict with
-      'state_dict', or a state dict of torch tensors or NumPy arrays.
+    path_or_state_dict: a `.pth` path (needs torch) or an `.npz` of its state dict,
+      the checkpoint dict with 'state_dict', or a state dict of torch tensors or
+      NumPy arrays.
     num_classes: classes of the checkpoint (150 ADE20K, 21 VOC, 19 Cityscapes).
     layers: backbone depth of the checkpoint (50, 101 or 152).
 
@@ -139,7 +102,11 @@ def load_semseg_checkpoint(path_or_state_dict: Any, num_classes: int,
   Raises:
     UserError: unreadable file, or a key missing, left over or of the wrong shape.
   """
-  state = _read_state_dict(path_or_state_dict)
+  source = path_or_state_dict
+  if isinstance(source, (str, os.PathLike)):
+    source = torch_weights.read_state_dict_file(source, "checkpoint", "give a semseg .pth file")
+  state = torch_weights.numpy_state_dict(
+      source, "checkpoint", "pass the .pth path or checkpoint['state_dict']")
   classifier = state.get("cls.4.weight")
   if classifier is not None and classifier.shape[0] != num_classes:
     raise UserError(f"checkpoint has {classifier.shape[0]} classes (cls.4.weight), not "
@@ -148,28 +115,18 @@ def load_semseg_checkpoint(path_or_state_dict: Any, num_classes: int,
                  use_aux=any(key.startswith("aux.") for key in state))
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 9, 9, 3)), train=False))
+  match = torch_weights.match_state_dict(
+      state, {path: leaf.shape for path, leaf in flax.traverse_util.flatten_dict(
+          flax.core.unfreeze(shapes)).items()}, semseg_key)
   hint = _layers_hint(state, layers)
-  variables, missing = {}, []
-  for (collection, *path), shape in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(shapes)).items():
-    key = semseg_key(collection, tuple(path))
-    if key not in state:
-      missing.append(key)
-      continue
-    value = state[key]
-    if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)
-    if value.shape != shape.shape:
-      raise UserError(f"checkpoint key {key} has shape {state[key].shape}, expected one "
-                      f"matching {shape.shape} (flax {'/'.join(path)}){hint}")
-    variables[(collection, *path)] = np.ascontiguousarray(value)
-  if missing:
-    missing.sort(key=_natural_order)
+  if match.misshaped:
+    key, shape, expected = match.misshaped[0]
+    raise UserError(f"checkpoint key {key} has shape {shape}, expected {expected}{hint}")
+  if match.missing:
+    missing = sorted(match.missing, key=torch_weights.natural_order)
     raise UserError(f"checkpoint lacks {missing[0]} (and {len(missing) - 1} more keys) of "
                     f"PSPNet(layers={layers}){hint}")
-  extra = sorted(set(state) - {semseg_key(c, tuple(p)) for c, *p in variables},
-                 key=_natural_order)
-  if extra:
-    raise UserError(f"checkpoint key {extra[0]} (and {len(extra) - 1} more) has no place in "
-                    f"PSPNet(layers={layers}){hint}")
-  return model, jax.device_put(flax.traverse_util.unflatten_dict(variables))
+  if match.unexpected:
+    raise UserError(f"checkpoint key {match.unexpected[0]} (and {len(match.unexpected) - 1} "
+                    f"more) has no place in PSPNet(layers={layers}){hint}")
+  return model, jax.device_put(flax.traverse_util.unflatten_dict(match.variables))

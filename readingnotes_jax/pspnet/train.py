@@ -25,6 +25,7 @@ flips, scales) on the validation split, every `eval_every_steps` steps on the
 first `eval.periodic_images` images, and on the whole split at the end.
 """
 import functools
+import logging
 import pathlib
 from typing import Any
 
@@ -36,13 +37,13 @@ import optax
 
 from readingnotes_jax.data.segmentation_augment import SegmentationStream
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn import precision, resnet_weights, torch_weights
 from readingnotes_jax.pspnet import data as pspnet_data
 from readingnotes_jax.pspnet import figures as pspnet_figures
 from readingnotes_jax.pspnet import inference
 from readingnotes_jax.pspnet.model import PSPNet, pspnet_loss
 from readingnotes_jax.training import figures, mesh as mesh_lib, runner
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BACKBONE = "backbone"  # Parameters under this name train at the base rate, the rest at 10x.
 # XLA's RngBitGenerator keys: the same numbers for any sharding of the batch (like threefry),
 # and on XLA:CPU they compile about 10x faster than threefry with jax_threefry_partitionable
@@ -65,13 +66,11 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 def build_model(config: ml_collections.ConfigDict) -> PSPNet:
   """The PSPNet of `config.model` with the data set's number of classes."""
   m = config.model
-  if m.dtype not in _DTYPES:
-    raise UserError(f"model.dtype={m.dtype!r}: use one of {sorted(_DTYPES)}")
   return PSPNet(num_classes=len(pspnet_data.dataset(config).class_names), layers=m.layers,
                 width=m.get("width", 64),  # absent in older config.json
                 bins=tuple(m.bins), dropout=m.dropout, use_aux=m.use_aux,
                 factorized_head=m.get("factorized_head", True),  # absent in older config.json
-                dtype=_DTYPES[m.dtype], lowering=m.lowering or None)
+                dtype=precision.compute_dtype(m.dtype), lowering=m.lowering or None)
 
 
 def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -135,6 +134,30 @@ def create_train_state(model: PSPNet, tx: optax.GradientTransformation,
   params = variables["params"]
   return {"params": params, "batch_stats": variables["batch_stats"],
           "opt_state": tx.init(params)}
+
+
+def with_backbone_init(state: dict[str, Any], path: str,
+                       mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """`state` with the backbone's parameters and BatchNorm statistics read from `path`.
+
+  semseg's `model/pspnet.py` builds its backbone with `resnet50(pretrained=True)`,
+  the ImageNet model `initmodel/resnet50_v2.pth` (`resnet101_v2.pth` for
+  PSPNet-101); `path` is such a file, another source of `nn.resnet_weights`
+  (a deep-stem `.pth` or `.npz`, or a `save_resnet_checkpoint` directory). Its
+  `fc.*` is left out, with one log line; the loaded arrays are replicated on
+  `mesh`. The heads keep their random initialisation and the optimizer state
+  its zero momentum.
+  """
+  target = {"params": state["params"][BACKBONE], "batch_stats": state["batch_stats"][BACKBONE]}
+  try:
+    loaded, ignored = resnet_weights.load_resnet_weights(path, target)
+  except UserError as e:
+    raise UserError(f"model.backbone_init: {e}") from e
+  logging.warning("model.backbone_init: backbone weights from %s (left out: %s)", path,
+                  torch_weights.listed(ignored) or "nothing")
+  loaded = mesh_lib.replicate(loaded, mesh)
+  return {**state, "params": {**state["params"], BACKBONE: loaded["params"]},
+          "batch_stats": {**state["batch_stats"], BACKBONE: loaded["batch_stats"]}}
 
 
 def train_step(state: dict[str, Any], batch: dict[str, jax.Array], key: jax.Array,
@@ -278,6 +301,10 @@ class Task:
     return run_keys(self.config.seed)[0]
 
   def init_state(self, key: jax.Array) -> dict[str, Any]:
+    """A random state. `model.backbone_init` replaces its backbone just before the first
+    step (`train_step` at step 0), not here: the runner also traces this function for
+    shapes when it resumes or evaluates, which must not need the file, and under jit the
+    weights would become constants of the program (ResNet-101: 170 MB)."""
     return create_train_state(self.model, self.tx, key)
 
   def phase(self, position: int) -> int:
@@ -289,6 +316,8 @@ class Task:
     return state
 
   def train_step(self, state, step: int, position: int):
+    if step == 0 and self.config.model.get("backbone_init"):  # a fresh run: resumes start later
+      state = with_backbone_init(state, self.config.model.backbone_init, self.mesh)
     if self._stream is None:
       self._stream = SegmentationStream(self.train_source, crop_size=self.config.data.crop_size,
                                         seed=self.config.seed, train=True).__enter__()

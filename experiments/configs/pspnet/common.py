@@ -45,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
                                    # False: semseg's order, upsample then convolve.
   c.model.dtype = "float32"        # compute dtype; bfloat16 keeps parameters in float32.
   c.model.lowering = ""            # conv lowering: "" (per platform), "xla" or "matmul".
+  # Backbone weights loaded before the first step (semseg: initmodel/resnet50_v2.pth or
+  # resnet101_v2.pth, ImageNet; nn.resnet_weights lists the other sources); empty: from
+  # scratch. A resumed run keeps its checkpoint's weights.
+  c.model.backbone_init = ""
 
   c.loss = ml_collections.ConfigDict()
   c.loss.aux_weight = 0.4
