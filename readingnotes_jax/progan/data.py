@@ -62,9 +62,11 @@ class TrainingData:
     return self.stream(resolution).batch(start, size, process_index, process_count)
 
   def eval_reals(self, count: int) -> Any:
-    """`count` real images at full resolution, a fixed random sample (not mirrored)."""
+    """`count` real images at full resolution, a fixed random sample, half of them mirrored
+    when `data.mirror` is on (util_scripts.py `evaluate_metrics`, `misc.apply_mirror_augment`)."""
     stream = pipeline.ImageStream(self.source, seed=self.config.seed + 1,
-                                  resolution=self.config.model.resolution, mirror=False,
+                                  resolution=self.config.model.resolution,
+                                  mirror=self.config.data.mirror,
                                   num_channels=self.config.model.num_channels)
     with stream:
       return stream.batch(0, count)["image"]

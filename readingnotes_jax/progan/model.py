@@ -1,14 +1,28 @@
 """ProGAN generator and discriminator (Karras et al., ICLR 2018), NHWC.
 
 Matches networks.py `G_paper` and `D_paper` in tkarras/progressive_growing_of_gans
-with their defaults use_wscale, use_pixelnorm, use_leakyrelu and
-normalize_latents on, written with separate nearest upsampling / average
-pooling and convolutions (the paper's description; the official default
-`fused_scale=True` folds each pair into one transposed / strided convolution
-with the same parameters). Parameter names follow the official scopes
-('4x4/Dense', '8x8/Conv0', ...), with ToRGB / FromRGB named by resolution
-('ToRGB_8x8') instead of by lod, and the Dense layers' weights use the
-official NCHW flattening order, so official weights map one to one.
+with their defaults use_wscale, use_pixelnorm, use_leakyrelu, normalize_latents
+and fused_scale on. `fused_scale=True` (every block from 8x8 up) folds each
+resampling into a convolution, written here as separate nearest upsampling /
+average pooling and 3x3 convolutions:
+
+- G, `upscale2d_conv2d`: a transposed 4x4 convolution whose kernel sums the 3x3
+  kernel at four shifts, which is nearest 2x upsampling followed by the 3x3
+  convolution with that kernel flipped and its channel axes swapped: the same
+  function up to a permutation of the (i.i.d. N(0, 1)) weights, so G is the
+  official network.
+- D, `conv2d_downscale2d`: a stride-2 4x4 convolution with the kernel's four
+  shifts averaged, which is the 3x3 convolution followed by 2x2 average
+  pooling, then bias and LReLU: the pooling comes before the activation. The
+  paper's Theano networks (original-theano-version branch, network.py
+  `D_paper`) and `fused_scale=False` pool after bias and LReLU, a different
+  function; `Discriminator.fused_scale` chooses between the two.
+
+Parameter names follow the official scopes ('4x4/Dense', '8x8/Conv0', ...),
+with ToRGB / FromRGB named by resolution ('ToRGB_8x8') instead of by lod, 'Conv0'
+/ 'Conv1' in place of the fused 'Conv0_up' / 'Conv1_down', and the Dense layers'
+weights use the official NCHW flattening order. No converter from the official
+pickles is provided (their G kernels would need the flip above).
 
 Progressive growing. `level` is the log2 of the current resolution (2 = 4x4,
 up to log2(resolution)); it and `fading` are static Python values, `alpha`
@@ -22,7 +36,9 @@ as the official `grow` functions do with lod_in = log2(resolution) - level + 1 -
 The networks work at the current level's resolution; the official ones
 always produce / take full-resolution images, nearest-upscaled from /
 box-downscaled to that level, which is the same function: train with real
-images box-downsampled to the current level.
+images box-downsampled to the current level. Gradients with respect to the
+images are not the same: the full-resolution one is 2**(final - level) times
+smaller in norm (the WGAN-GP penalty of progan/train.py corrects for it).
 
 Parameters of every level. `init` always builds the whole network, every
 block and every ToRGB / FromRGB, whatever `level` it is called with, so the
@@ -202,9 +218,15 @@ class Generator(nn.Module):
 
 
 class _DiscriminatorBlock(nn.Module):
-  """`D_paper` block(x, res) for res >= 3: conv3x3, conv3x3 (each + LReLU), 2x avg pool."""
+  """`D_paper` block(x, res) for res >= 3: conv3x3 + LReLU, conv3x3, 2x avg pool, LReLU.
+
+  fused_scale=True: 'Conv1_down' (`conv2d_downscale2d`), pooling before the
+  LReLU (and bias, which commutes with the pooling); False: 'Conv1' + LReLU,
+  then `downscale2d`.
+  """
   features: int
   out_features: int
+  fused_scale: bool = True
   dtype: Any = jnp.float32
   lowering: str | None = None
 
@@ -213,8 +235,10 @@ class _DiscriminatorBlock(nn.Module):
     conv = functools.partial(EqualizedConv, kernel_size=3, dtype=self.dtype,
                              lowering=self.lowering)
     x = _lrelu(conv(self.features, name="Conv0")(x))
-    x = _lrelu(conv(self.out_features, name="Conv1")(x))
-    return downsample_avg_2x(x)
+    x = conv(self.out_features, name="Conv1")(x)
+    if self.fused_scale:
+      return _lrelu(downsample_avg_2x(x))
+    return downsample_avg_2x(_lrelu(x))
 
 
 class _DiscriminatorHead(nn.Module):
@@ -247,6 +271,9 @@ class Discriminator(nn.Module):
     fmap_base, fmap_decay, fmap_max: widths, see `nf`.
     mbstd_group_size: minibatch-stddev group size; <= 1 disables the layer
       (official default 4, 16 in the paper's v1 preset).
+    fused_scale: True (official TF default): each block pools its second
+      convolution's output before bias and LReLU; False: after them, as the
+      paper's Theano networks (see the module docstring).
     dtype: compute dtype (parameters stay float32; outputs are float32).
     lowering: convolution lowering, see `readingnotes_jax.nn.conv.conv2d`.
   """
@@ -257,6 +284,7 @@ class Discriminator(nn.Module):
   fmap_decay: float = 1.0
   fmap_max: int = 512
   mbstd_group_size: int = 4
+  fused_scale: bool = True
   dtype: Any = jnp.float32
   lowering: str | None = None
 
@@ -283,8 +311,8 @@ class Discriminator(nn.Module):
     from_rgb = {r: EqualizedConv(width(r - 1), 1, dtype=self.dtype, lowering=self.lowering,
                                  name=f"FromRGB_{2**r}x{2**r}")
                 for r in range(2, final + 1)}
-    blocks = {r: _DiscriminatorBlock(width(r - 1), width(r - 2), self.dtype, self.lowering,
-                                     name=f"{2**r}x{2**r}")
+    blocks = {r: _DiscriminatorBlock(width(r - 1), width(r - 2), self.fused_scale, self.dtype,
+                                     self.lowering, name=f"{2**r}x{2**r}")
               for r in range(3, final + 1)}
     head = _DiscriminatorHead(width(1), width(0), 1 + self.label_size, self.mbstd_group_size,
                               self.dtype, self.lowering, name="4x4")

@@ -6,7 +6,9 @@ one D step then one G step per minibatch; Adam(0, 0.99, 1e-8) whose state is
 reset whenever lod's floor or ceiling changes (every phase change); generator
 EMA with beta 0.999 (`Gs`) used for samples and metrics. Losses are averaged
 over the minibatch (the official code sums per GPU; Adam is invariant to the
-scale).
+scale). The networks run at the current level's resolution, the official ones
+at the final one; the gradient penalty is the official full-resolution one
+(`full_resolution_grad_norms`).
 
 Steps are compiled once per (level, fading): the fade factor `alpha` and the
 learning rates are traced arguments. Everything a resumed run needs follows
@@ -28,6 +30,7 @@ import numpy as np
 import optax
 
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.nn import precision
 from readingnotes_jax.nn.resample import downsample_avg_2x, upsample_nearest_2x
 from readingnotes_jax.progan import data as progan_data
 from readingnotes_jax.progan import evaluation
@@ -35,18 +38,16 @@ from readingnotes_jax.progan.model import Discriminator, Generator
 from readingnotes_jax.progan.schedule import Schedule, Stage
 from readingnotes_jax.training import figures, mesh as mesh_lib, runner
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_models(config: ml_collections.ConfigDict) -> tuple[Generator, Discriminator]:
   m = config.model
-  if m.dtype not in _DTYPES:
-    raise UserError(f"model.dtype={m.dtype!r}: use one of {sorted(_DTYPES)}")
   common = dict(resolution=m.resolution, num_channels=m.num_channels, label_size=m.label_size,
                 fmap_base=m.fmap_base, fmap_decay=m.fmap_decay, fmap_max=m.fmap_max,
-                dtype=_DTYPES[m.dtype], lowering=m.lowering or None)
+                dtype=precision.compute_dtype(m.dtype), lowering=m.lowering or None)
   return (Generator(latent_size=m.latent_size, **common),
-          Discriminator(mbstd_group_size=m.mbstd_group_size, **common))
+          Discriminator(mbstd_group_size=m.mbstd_group_size, fused_scale=m.fused_scale,
+                        **common))
 
 
 def build_schedule(config: ml_collections.ConfigDict, num_devices: int) -> Schedule:
@@ -88,6 +89,59 @@ def fade_reals(reals: jax.Array, alpha: jax.Array) -> jax.Array:
   return blurred + (reals - blurred) * alpha
 
 
+def _label_penalty(logits, labels):
+  """The AC-GAN term of loss.py: softmax cross-entropy of the label logits, 0 when unconditional."""
+  return 0.0 if labels is None else optax.softmax_cross_entropy(logits, labels)
+
+
+def full_resolution_grad_norms(level_grads: jax.Array, level: int,
+                               final_level: int) -> jax.Array:
+  """Per-image norms of dD/dx of the official full-resolution D, from dD/dx at `level`.
+
+  The official networks always run at the final resolution (networks.py `G_paper`
+  / `D_paper`, recursive structure; train.py `process_reals`): an image x of
+  the current level enters D as U x, its nearest upscaling by s = 2**(final -
+  level), and D average-pools it by s (by 2s for the lower branch of a fade,
+  the same pooling composed with a 2x one) before FromRGB. So D_full(X) =
+  D_level(P X) with P the s x s average pool, P U = identity, and the official
+  interpolate lerp(U real, U fake, u) is U lerp(real, fake, u). By the chain
+  rule dD_full/dX at U x is P^T (dD_level/dx), and P^T spreads each level
+  pixel's gradient g evenly over its s^2 pixels, g / s^2 each: their squares
+  sum to s^2 (g / s^2)^2 = g^2 / s^2, hence |dD_full/dX| = |dD_level/dx| / s
+  (8x smaller at 4 px in a 32 px run, 256x in a 1024 px one). The WGAN-GP
+  penalty on these norms is the official one, computed at the level's size.
+  """
+  norms = jnp.sqrt(jnp.sum(jnp.square(level_grads.astype(jnp.float32)), axis=(1, 2, 3)))
+  return norms / 2.0 ** (final_level - level)
+
+
+def discriminator_loss(d_params, reals, fakes, labels, mix, alpha, *, D, config, level, fading):
+  """loss.py `D_wgangp_acgan`, averaged over the minibatch, and its metrics.
+
+  `reals` and `fakes` are at `level`'s resolution (reals already cross-faded),
+  `mix` [N, 1, 1, 1] the interpolation factors; the gradient penalty holds the
+  gradient norm of the official full-resolution D to `wgan_target`
+  (`full_resolution_grad_norms`).
+  """
+  lc = config.loss
+  disc = functools.partial(D.apply, level=level, alpha=alpha, fading=fading)
+  real_scores, real_logits = disc(d_params, reals)
+  fake_scores, fake_logits = disc(d_params, fakes)
+  mixed = reals + (fakes - reals) * mix
+  mixed_grads = jax.grad(lambda x: jnp.sum(disc(d_params, x)[0]))(mixed)
+  norms = full_resolution_grad_norms(mixed_grads, level,
+                                     int(round(math.log2(config.model.resolution))))
+  penalty = jnp.square(norms - lc.wgan_target)
+  loss = (fake_scores - real_scores
+          + penalty * (lc.wgan_lambda / lc.wgan_target ** 2)
+          + jnp.square(real_scores) * lc.wgan_epsilon
+          + (_label_penalty(real_logits, labels) + _label_penalty(fake_logits, labels))
+          * lc.cond_weight)
+  return jnp.mean(loss), {"d_loss": jnp.mean(loss),
+                          "wasserstein": jnp.mean(real_scores - fake_scores),
+                          "gradient_penalty": jnp.mean(penalty)}
+
+
 def train_step(state, batch, key, alpha, g_lr, d_lr, *, G, D, config, level, fading):
   """One D step then one G step (loss.py `D_wgangp_acgan`, `G_wgan_acgan`), then the EMA update."""
   lc, m = config.loss, config.model
@@ -101,26 +155,12 @@ def train_step(state, batch, key, alpha, g_lr, d_lr, *, G, D, config, level, fad
   gen = functools.partial(G.apply, level=level, alpha=alpha, fading=fading)
   disc = functools.partial(D.apply, level=level, alpha=alpha, fading=fading)
 
-  def label_penalty(logits):
-    return optax.softmax_cross_entropy(logits, labels) if m.label_size else 0.0
-
   def d_loss_fn(d_params):
     latents = jax.random.normal(key_d, (n, m.latent_size))
     fakes = jax.lax.stop_gradient(gen(state["g"], latents, labels))
-    real_scores, real_logits = disc(d_params, reals)
-    fake_scores, fake_logits = disc(d_params, fakes)
     mix = jax.random.uniform(key_mix, (n, 1, 1, 1))
-    mixed = reals + (fakes - reals) * mix
-    mixed_grads = jax.grad(lambda x: jnp.sum(disc(d_params, x)[0]))(mixed)
-    norms = jnp.sqrt(jnp.sum(jnp.square(mixed_grads), axis=(1, 2, 3)))
-    penalty = jnp.square(norms - lc.wgan_target)
-    loss = (fake_scores - real_scores
-            + penalty * (lc.wgan_lambda / lc.wgan_target ** 2)
-            + jnp.square(real_scores) * lc.wgan_epsilon
-            + (label_penalty(real_logits) + label_penalty(fake_logits)) * lc.cond_weight)
-    return jnp.mean(loss), {"d_loss": jnp.mean(loss),
-                            "wasserstein": jnp.mean(real_scores - fake_scores),
-                            "gradient_penalty": jnp.mean(penalty)}
+    return discriminator_loss(d_params, reals, fakes, labels, mix, alpha, D=D, config=config,
+                              level=level, fading=fading)
 
   d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(state["d"])
   d_updates, d_opt = adam.update(d_grads, state["d_opt"])
@@ -129,7 +169,7 @@ def train_step(state, batch, key, alpha, g_lr, d_lr, *, G, D, config, level, fad
   def g_loss_fn(g_params):
     latents = jax.random.normal(key_g, (n, m.latent_size))
     scores, logits = disc(d_params, gen(g_params, latents, labels))
-    loss = -scores + label_penalty(logits) * lc.cond_weight
+    loss = -scores + _label_penalty(logits, labels) * lc.cond_weight
     return jnp.mean(loss)
 
   g_loss, g_grads = jax.value_and_grad(g_loss_fn)(state["g"])
@@ -204,7 +244,9 @@ class Task:
     self.last_stage: Stage | None = None  # stage of the last step run, what evaluations show.
 
   def identity(self) -> dict[str, Any]:
-    return {"seed": self.config.seed}
+    # The two discriminator orders share one parameter tree, so a checkpoint names its order;
+    # checkpoints from before `model.fused_scale` (pool-after order) name none and do not resume.
+    return {"seed": self.config.seed, "fused_scale": bool(self.config.model.fused_scale)}
 
   def init_key(self) -> jax.Array:
     return self.base_key

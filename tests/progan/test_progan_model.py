@@ -141,6 +141,24 @@ def _wconv(x, p, gain=math.sqrt(2)):
   return out + np.asarray(p["bias"], np.float64)
 
 
+def _shift_sum_kernel(w):
+  """networks.py fused kernels: the 3x3 kernel padded to 5x5, summed at its four 1-pixel shifts."""
+  w5 = np.pad(w, ((1, 1), (1, 1), (0, 0), (0, 0)))
+  return w5[1:, 1:] + w5[:-1, 1:] + w5[1:, :-1] + w5[:-1, :-1]
+
+
+def _wconv_downscale(x, p):
+  """networks.py `conv2d_downscale2d` + `apply_bias`: 4x4 kernel (shift sum x 0.25), stride 2,
+  'SAME' padding (one pixel each side for even sizes)."""
+  w = np.asarray(p["kernel"], np.float64)
+  w = _shift_sum_kernel(w * math.sqrt(2) / math.sqrt(9 * w.shape[2])) * 0.25
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, wd = x.shape[1] // 2, x.shape[2] // 2
+  out = sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + 2 * h:2, j:j + 2 * wd:2], w[i, j])
+            for i in range(4) for j in range(4))
+  return out + np.asarray(p["bias"], np.float64)
+
+
 def _wdense(x, p, gain=math.sqrt(2)):
   w = np.asarray(p["kernel"], np.float64)
   return x @ (w * gain / math.sqrt(w.shape[0])) + np.asarray(p["bias"], np.float64)
@@ -183,13 +201,18 @@ def _mbstd(x, g):
   return np.concatenate([x, np.broadcast_to(stat[:, None, None, None], x.shape[:3] + (1,))], -1)
 
 
-def _d_reference(p, images, level, alpha, fading, group_size=4):
+def _d_reference(p, images, level, alpha, fading, group_size=4, fused_scale=True):
+  """`D_paper`; fused_scale: 'Conv1_down' (`conv2d_downscale2d`), else 'Conv1' then
+  `downscale2d` (the paper's Theano order)."""
   x = images.astype(np.float64)
   from_rgb = lambda img, r: _lrelu(_wconv(img, p[f"FromRGB_{2**r}x{2**r}"]))
 
   def block(h, r):
     b = p[f"{2**r}x{2**r}"]
-    return _down(_lrelu(_wconv(_lrelu(_wconv(h, b["Conv0"])), b["Conv1"])))
+    h = _lrelu(_wconv(h, b["Conv0"]))
+    if fused_scale:
+      return _lrelu(_wconv_downscale(h, b["Conv1"]))
+    return _down(_lrelu(_wconv(h, b["Conv1"])))
 
   h = from_rgb(x, level)
   if level > 2:
@@ -230,8 +253,10 @@ def nets():
   d_params = _random_variables(rng, D, images)
   g = jax.jit(G.apply, static_argnames=("level", "fading"))
   d = jax.jit(D.apply, static_argnames=("level", "fading"))
+  d_theano = jax.jit(Discriminator(lowering="xla", fused_scale=False, **TINY).apply,
+                     static_argnames=("level", "fading"))
   return dict(latents=latents, labels=labels, images=images, g_params=g_params,
-              d_params=d_params, g=g, d=d)
+              d_params=d_params, g=g, d=d, d_theano=d_theano)
 
 
 @pytest.mark.parametrize("level,fading,alpha", [(4, False, 1.0), (4, True, 0.3)])
@@ -246,17 +271,45 @@ def test_generator_matches_numpy(nets, level, fading, alpha):
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fused_scale", [True, False])
 @pytest.mark.parametrize("level,fading,alpha", [(4, False, 1.0), (4, True, 0.3)])
-def test_discriminator_matches_numpy(nets, level, fading, alpha):
+def test_discriminator_matches_numpy(nets, level, fading, alpha, fused_scale):
+  """The default D is the official TF one (fused_scale=True); False is the Theano order."""
   images = nets["images"]
-  scores, logits = nets["d"](nets["d_params"], images, level=level, alpha=alpha,
-                             fading=fading)
-  ref_scores, ref_logits = _d_reference(nets["d_params"]["params"], images, level, alpha,
-                                        fading)
+  d = nets["d"] if fused_scale else nets["d_theano"]
+  scores, logits = d(nets["d_params"], images, level=level, alpha=alpha, fading=fading)
+  params = nets["d_params"]["params"]
+  ref_scores, ref_logits = _d_reference(params, images, level, alpha, fading,
+                                        fused_scale=fused_scale)
+  other_scores, _ = _d_reference(params, images, level, alpha, fading,
+                                 fused_scale=not fused_scale)
   chex.assert_shape((scores, logits), ((BATCH,), (BATCH, 3)))
+  assert np.abs(other_scores - ref_scores).max() > 0.05  # the check below tells them apart
   # As for the generator (measured <= 1.6e-7).
   np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_official_fused_upscale_conv_is_upsample_then_flipped_conv():
+  """networks.py `upscale2d_conv2d` (G's default): conv2d_transpose, stride 2, of the shift-sum
+  kernel [4, 4, out, in], written here as its scatter definition, equals nearest 2x
+  upsampling then the 3x3 'SAME' convolution with the kernel flipped and in/out swapped."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 4, 4, 3))
+  w = rng.normal(size=(3, 3, 5, 3))  # the official layout [k, k, fmaps, in channels]
+  w4 = _shift_sum_kernel(w)
+  # conv2d_transpose is the adjoint of the stride-2 'SAME' conv (pad 1 before): input pixel m
+  # reaches output 2m + i - 1 through tap i.
+  out = np.zeros((2, 10, 10, 5))
+  for i in range(4):
+    for j in range(4):
+      out[:, i:i + 8:2, j:j + 8:2] += np.einsum("nhwc,dc->nhwd", x, w4[i, j])
+  out = out[:, 1:9, 1:9]
+  flipped = {"kernel": w[::-1, ::-1].transpose(0, 1, 3, 2), "bias": np.zeros(5)}
+  np.testing.assert_allclose(_wconv(_up(x), flipped, gain=math.sqrt(9 * 3)), out,
+                             rtol=1e-12, atol=1e-12)  # float64 sums of 36 terms
+  unflipped = {"kernel": w.transpose(0, 1, 3, 2), "bias": np.zeros(5)}
+  assert np.abs(_wconv(_up(x), unflipped, gain=math.sqrt(9 * 3)) - out).max() > 1.0
 
 
 # ----------------------------------------------------------------------------

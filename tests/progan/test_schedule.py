@@ -62,3 +62,18 @@ def test_bad_settings_raise_user_error(kwargs):
 
 def test_parse_resolution_dict():
   assert parse_resolution_dict("4:128, 1024:0.0015") == {4: 128.0, 1024: 0.0015}
+
+
+def test_celeba_hq_1024_follows_the_v2_single_gpu_preset():
+  """config.py `preset-v2-1gpu`: minibatch_base 4 with {4: 128, ..., 512: 4}, so 4 at 1024 px;
+  learning rate 0.0015 at 1024 px, 0.001 below."""
+  from experiments.configs.progan import celeba_hq_1024
+  from readingnotes_jax.progan import train
+  schedule = train.build_schedule(celeba_hq_1024.get_config(), 1)
+  preset = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4}
+  for level in range(2, 11):
+    stage = schedule.stage((level - 2) * 1_200_000 + 1)  # stable at 2**level px.
+    assert (stage.level, stage.fading) == (level, False)
+    assert stage.batch_size == preset.get(2**level, 4)
+    assert stage.g_lr == stage.d_lr == (0.0015 if level == 10 else 0.001)
+  assert schedule.total_images == 12_000_000

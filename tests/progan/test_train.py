@@ -17,6 +17,7 @@ import pytest
 from experiments.configs import variants
 from experiments.configs.progan import fashion_mnist_32
 from readingnotes_jax.errors import UserError
+from readingnotes_jax.progan import data as progan_data
 from readingnotes_jax.progan import predict, train
 from readingnotes_jax.training import runner
 from readingnotes_jax.training.checkpoint import Checkpointer
@@ -149,6 +150,22 @@ def test_evaluate_command_prints_json_and_writes_eval_json(full_run, data_path, 
   assert result["ms_ssim"] == pytest.approx(scores["ms_ssim"])
 
 
+def test_swd_reals_are_mirrored_when_training_mirrors(data_path):
+  """util_scripts.py `evaluate_metrics` mirrors about half of the real images the metrics use
+  when the run mirrors its training data (`misc.apply_mirror_augment`)."""
+  with_mirror = progan_data.TrainingData(tiny_config(data_path, **{"data.mirror": True}))
+  without = progan_data.TrainingData(tiny_config(data_path))
+  mirrored, plain = with_mirror.eval_reals(64), without.eval_reals(64)
+  with_mirror.close()
+  without.close()
+  flipped = np.all(mirrored == plain[:, :, ::-1], axis=(1, 2, 3))
+  kept = np.all(mirrored == plain, axis=(1, 2, 3))
+  assert not np.any(flipped & kept)  # no left-right symmetric blob: the two are told apart.
+  assert np.all(flipped | kept)
+  # Binomial(64, 1/2) falls outside 16..48 with probability 1e-5.
+  assert 16 <= flipped.sum() <= 48
+
+
 def test_load_ema_generator_matches_the_checkpoint(full_run, data_path):
   workdir, _ = full_run
   generate, latent_size = predict.load_generator(str(workdir))
@@ -171,7 +188,8 @@ def test_summary_counts_parameters_of_every_level():
   # derives both from the layer formulas).
   assert result["params"] == {"generator": 23_071_507 + 7_608,
                               "discriminator": 23_077_137 + 10_112}
-  assert result["flops_per_step"] > 16 * 1e12  # > 1 TFLOP per 1024x1024 image and step.
+  assert result["batch_size"] == 4  # config.py preset-v2-1gpu at 1024 px.
+  assert result["flops_per_step"] > 4 * 1e12  # > 1 TFLOP per 1024x1024 image and step.
 
 
 def test_stream_walks_the_latent_space_of_a_training_workdir(full_run):

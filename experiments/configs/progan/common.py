@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.fmap_decay = 1.0
   c.model.fmap_max = 512
   c.model.mbstd_group_size = 4
+  # True: D pools before bias and LReLU (official TF default, networks.py conv2d_downscale2d);
+  # False: after them, as the paper's Theano networks.
+  c.model.fused_scale = True
   c.model.dtype = "float32"        # compute dtype; bfloat16 keeps parameters in float32.
   c.model.lowering = ""            # conv lowering: "" (per platform), "xla" or "matmul".
 
@@ -43,8 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.training_kimg = 600.0
   c.schedule.transition_kimg = 600.0
   c.schedule.total_kimg = 12000.0
-  c.schedule.minibatch_base = 16
-  c.schedule.minibatch = "4:128,8:128,16:128,32:64,64:32,128:16,256:8,512:4"  # v2 preset, 1 GPU.
+  # config.py preset-v2-1gpu (the TF release's): 4 at 1024 and wherever the dictionary is silent.
+  # The paper's runs (v1 preset, Appendix A.1) used 16 up to 128 px, then 14, 6, 3 at 256-1024.
+  c.schedule.minibatch_base = 4
+  c.schedule.minibatch = "4:128,8:128,16:128,32:64,64:32,128:16,256:8,512:4"
   c.schedule.g_lr_base = 0.001
   c.schedule.d_lr_base = 0.001
   c.schedule.g_lr = "1024:0.0015"
