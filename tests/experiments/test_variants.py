@@ -21,7 +21,9 @@ def test_values_are_literals_else_strings():
 
 def test_variants_and_overrides_apply_left_to_right():
   c = camvid_pspnet50.get_config("runlocal,batch_size=4,ms,model.bins=(1,2,4)")
-  assert c.batch_size == 4 and c.max_steps == 160  # runlocal, then the override.
+  runlocal_steps = camvid_pspnet50.get_config("runlocal").max_steps
+  assert runlocal_steps != camvid_pspnet50.get_config().max_steps
+  assert c.batch_size == 4 and c.max_steps == runlocal_steps  # runlocal, then the override.
   assert c.eval.scales == common.MULTI_SCALES and c.model.bins == (1, 2, 4)
   # An override before the variant is overwritten by it.
   assert camvid_pspnet50.get_config("batch_size=4,runlocal").batch_size == 8
