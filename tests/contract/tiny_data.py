@@ -71,7 +71,8 @@ def write(source: str, root: pathlib.Path, *, seed: int = 0) -> dict[str, object
     seed: NumPy seed; the same seed writes the same pixels.
 
   Returns:
-    Dotted config keys -> values: `data.path`, and `data.sbd_path` for voc2012.
+    Dotted config keys -> values: `data.path`, and `data.sbd_path` for voc2012,
+    `data.negatives_path` for ccp.
   """
   if source not in SOURCES:
     raise ValueError(f"unknown data source {source!r}: use one of {', '.join(SOURCES)}")
@@ -85,9 +86,11 @@ def write(source: str, root: pathlib.Path, *, seed: int = 0) -> dict[str, object
   elif source == "voc2012":
     _write_voc(folder, root / SBD_FOLDER, rng)
     return {"data.path": str(folder), "data.sbd_path": str(root / SBD_FOLDER)}
+  elif source == "ccp":
+    return _write_ccp_with_negatives(folder, root, rng)
   else:
-    {"camvid": _write_camvid, "ade20k": _write_ade20k, "cityscapes": _write_cityscapes,
-     "ccp": _write_ccp}[source](folder, rng)
+    {"camvid": _write_camvid, "ade20k": _write_ade20k, "cityscapes": _write_cityscapes}[source](
+        folder, rng)
   return {"data.path": str(folder)}
 
 
@@ -214,6 +217,16 @@ def _write_ccp(folder: pathlib.Path, rng: np.random.Generator) -> None:
     _save_rgb(folder / "photos" / f"{number:04d}.jpg", image)
     scipy.io.savemat(folder / "annotations" / "pixel-level" / f"{number:04d}.mat",
                      {"groundtruth": label})
+
+
+def _write_ccp_with_negatives(folder: pathlib.Path, root: pathlib.Path,
+                              rng: np.random.Generator) -> dict[str, object]:
+  """CCP (`_write_ccp`) and a CamVid tree in `root / FOLDERS["camvid"]`: the only "ccp"
+  configs are Interpretable CNN's, whose negatives are CamVid crops without people
+  (`data.negatives_path`; the tiny scenes hold none)."""
+  _write_ccp(folder, rng)
+  _write_camvid(root / FOLDERS["camvid"], rng)
+  return {"data.path": str(folder), "data.negatives_path": str(root / FOLDERS["camvid"])}
 
 
 # VOC 2012 ids: train, val, and SBD's train / val lists chosen so that
