@@ -12,6 +12,7 @@ After editing a notebook, save it with the outputs of a fresh run (no Jupyter ne
 """
 import hashlib
 import json
+import os
 import pathlib
 import sys
 import time
@@ -115,5 +116,7 @@ def save_with_outputs(name: str) -> None:
 
 
 if __name__ == "__main__":
+  if os.environ.get("READINGNOTES_DATA"):  # the kernel runs in notebooks/: a relative path would miss
+    os.environ["READINGNOTES_DATA"] = os.path.abspath(os.environ["READINGNOTES_DATA"])
   for notebook_name in sys.argv[1:] or sorted(FIGURES):
     save_with_outputs(notebook_name)
