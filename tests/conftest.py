@@ -28,3 +28,14 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if not item.get_closest_marker("xdist_group"):
       item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+  """Refuses a pytest / pytest-xdist pair whose `--dist loadgroup` does not group: xdist marks
+  a grouped test by appending "@group" to its id, which pytest 9.2 ignores; the tests would
+  then run anywhere and every worker would rebuild the module fixtures (twice the time)."""
+  if node.config.getvalue("dist") == "loadgroup" and ids and not any("@" in i for i in ids):
+    pytest.exit(f"pytest {pytest.__version__} with this pytest-xdist ignores --dist loadgroup's "
+                "groups: install the versions in requirements-test.txt",
+                returncode=pytest.ExitCode.USAGE_ERROR)
