@@ -2,6 +2,4 @@
 # The test suite. Real-data tests run when READINGNOTES_DATA names ../shared/data (else they skip).
 # pytest's "no tests collected" (exit 5) fails like any other error.
 . "$(dirname "$0")/venv.sh" requirements-test.txt
-# --no-loadscope-reorder: groups start in collection order, so the long contract groups
-# (tests/contract) start first and the many short files fill in the end.
-python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder "$@"
+python -m pytest -q -n 2 --dist loadgroup "$@"

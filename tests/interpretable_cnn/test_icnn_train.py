@@ -211,6 +211,31 @@ def test_several_categories_assign_filters_by_activation(fake_data):
                                   filter_class)
 
 
+def test_paper_formulation_adds_lambda_times_the_mutual_information_loss(fake_data):
+  """`formulation="paper"` in the trainer: the step's filter loss is the sum over both masked
+  layers and their filters of -MI (`mutual_information_loss`, checked against NumPy in
+  test_icnn_loss.py) on the maps of the step's parameters, the total adds it times
+  `loss.filter_weight`, and a few steps stay finite."""
+  config = tiny_config("loss.formulation=paper", "loss.filter_weight=0.5", "train_ordinary=False")
+  task = _tiny_task(config)
+  state = jax.jit(task.init_state)(task.init_key())
+  batch = icnn_data.batch(task.train_set, config.seed, 0, config.batch_size, config.data.augment)
+  # The masked layers' inputs come before any dropout (and AlexNet has no BatchNorm), so the
+  # evaluation-mode maps are the training step's.
+  _, aux = jax.jit(functools.partial(task.models["interpretable"].apply, train=False))(
+      {"params": state["interpretable"]["params"]}, batch["image"])
+  want = sum(float(jnp.sum(loss.mutual_information_loss(x))) for x in aux["mask_inputs"].values())
+  for step in range(3):
+    state, metrics, _, _ = task.train_step(state, step, step)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    if step == 0:
+      # float32 sums over a few thousand terms of size ~1: a few hundred U32 relative.
+      assert metrics["filter_loss"] == pytest.approx(want, rel=1e-4)
+    assert metrics["loss"] == pytest.approx(metrics["task_loss"] + 0.5 * metrics["filter_loss"],
+                                            rel=1e-5, abs=1e-5)
+
+
 def test_run_scores_both_networks_and_draws_figures(tiny_run, fake_data):
   """The evaluator's scores for both networks (location instability recomputed here from
   the networks' own maps with a NumPy argmax), the figures, and `runner.evaluate`."""
