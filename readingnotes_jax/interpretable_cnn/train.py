@@ -400,7 +400,7 @@ class Interpretability:
 EVALUATORS = {"interpretability": Interpretability}
 
 
-class Task:
+class Task(runner.SinglePhase):
   """Interpretable CNN (and its ordinary counterpart) for `training.runner`; positions are
   optimizer steps; one phase."""
   unit = "step"
@@ -436,14 +436,6 @@ class Task:
     weights (Flax draws each layer's initial weights from its name)."""
     return {name: create_network_state(model, self.tx, key, self.config.data.image_size)
             for name, model in self.models.items()}
-
-  def phase(self, position: int) -> int:
-    del position
-    return 0
-
-  def start_phase(self, state, phase: int):
-    del phase
-    return state
 
   def train_step(self, state, step: int, position: int):
     if self._step_fn is None:

@@ -274,7 +274,7 @@ def save_curves(rows: list[dict[str, Any]], figdir: pathlib.Path) -> None:
                         title="validation (sliding window)")
 
 
-class Task:
+class Task(runner.SinglePhase):
   """PSPNet for `training.runner`: positions are optimizer steps; one phase."""
   unit = "step"
 
@@ -306,14 +306,6 @@ class Task:
     shapes when it resumes or evaluates, which must not need the file, and under jit the
     weights would become constants of the program (ResNet-101: 170 MB)."""
     return create_train_state(self.model, self.tx, key)
-
-  def phase(self, position: int) -> int:
-    del position
-    return 0
-
-  def start_phase(self, state, phase: int):
-    del phase
-    return state
 
   def train_step(self, state, step: int, position: int):
     if step == 0 and self.config.model.get("backbone_init"):  # a fresh run: resumes start later

@@ -49,6 +49,18 @@ class Evaluator(Protocol):
     `experiments.evaluate`), where an evaluator may do its full protocol and figures."""
 
 
+class SinglePhase:
+  """`Task.phase` and `Task.start_phase` for a paper whose run is one phase (all but ProGAN)."""
+
+  def phase(self, position: int) -> int:
+    del position
+    return 0
+
+  def start_phase(self, state: Any, phase: int) -> Any:
+    del phase
+    return state
+
+
 class Task(Protocol):
   """What a paper gives the runner (built by `<paper>.train.make_task(config, mesh)`).
 
