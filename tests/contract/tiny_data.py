@@ -221,9 +221,9 @@ def _write_ccp(folder: pathlib.Path, rng: np.random.Generator) -> None:
 
 def _write_ccp_with_negatives(folder: pathlib.Path, root: pathlib.Path,
                               rng: np.random.Generator) -> dict[str, object]:
-  """CCP (`_write_ccp`) and a CamVid tree in `root / FOLDERS["camvid"]`: the only "ccp"
-  configs are Interpretable CNN's, whose negatives are CamVid crops without people
-  (`data.negatives_path`; the tiny scenes hold none)."""
+  """CCP (`_write_ccp`) and a CamVid tree in `root / FOLDERS["camvid"]`: Interpretable CNN's
+  "ccp" configs take their negatives from CamVid crops without people
+  (`data.negatives_path`; the tiny scenes hold none); FashionGAN's have no such key."""
   _write_ccp(folder, rng)
   _write_camvid(root / FOLDERS["camvid"], rng)
   return {"data.path": str(folder), "data.negatives_path": str(root / FOLDERS["camvid"])}

@@ -218,11 +218,13 @@ def _conv_transpose_reference(x, kernel, stride, padding):
   return full[:, padding:padding + out_h, padding:padding + out_w]
 
 
-@pytest.mark.parametrize("shape, stride, padding", [((2, 1, 1, 5), 1, 0), ((2, 5, 4, 3), 2, 1)])
-def test_conv_transpose_against_definition(shape, stride, padding):
+@pytest.mark.parametrize("shape, stride, padding, lowering", [
+    ((2, 1, 1, 5), 1, 0, "dilated"), ((2, 5, 4, 3), 2, 1, "dilated"),
+    ((2, 5, 4, 3), 2, 1, "phases")])
+def test_conv_transpose_against_definition(shape, stride, padding, lowering):
   x = _RNG.standard_normal(shape).astype(np.float32)
   kernel = _RNG.standard_normal((4, 4, shape[-1], 6)).astype(np.float32)
-  got = model.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), stride, padding)
+  got = model.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), stride, padding, lowering)
   f64 = _conv_transpose_reference(x.astype(np.float64), kernel.astype(np.float64), stride,
                                   padding)
   f32 = _conv_transpose_reference(x, kernel, stride, padding)
@@ -238,7 +240,7 @@ def test_conv_transpose_against_torch():
   with torch.no_grad():
     layer.weight.copy_(torch.from_numpy(kernel.transpose(2, 3, 0, 1).astype(np.float64)))
     want = layer(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))).numpy()
-  got = model.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), 2, 1)
+  got = model.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), 2, 1)  # "phases"
   f32 = _conv_transpose_reference(x, kernel, 2, 1)
   assert_within_reference(got, f32, want.transpose(0, 2, 3, 1), ulps=4, err_msg="vs torch")
 

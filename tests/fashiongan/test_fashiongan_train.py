@@ -1,0 +1,226 @@
+"""FashionGAN trainer and edit command on generated data: each phase trains only its networks,
+the discriminator's loss is real + 0.1 wrong + 0.9 fake of its logits (BCE from NumPy), the
+coder is frozen under the GANs, and the edit command's output and bad input.
+
+Data are generated `FashionSet`s (the loaders are tested in test_fashiongan_data.py); the
+whole run, resume, devices and processes are the contract suite's (tests/contract)."""
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs.fashiongan import ccp_fashiongan
+from readingnotes_jax.data import ccp_fashion
+from readingnotes_jax.fashiongan import compose, data as fashion_data, edit, train
+from readingnotes_jax.training import mesh as mesh_lib, runner
+
+SIZE = 64
+GARMENTS = (("red", "shirt", "blue", "jeans"), ("black", "t-shirt", "white", "skirt"),
+            ("green", "blouse", "black", "pants"), ("blue", "top", "red", "shorts"))
+RGB = {"red": (220, 30, 30), "blue": (30, 40, 220), "black": (10, 10, 10),
+       "white": (245, 245, 245), "green": (30, 200, 40)}
+
+
+def _person(i: int) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+  """(photo, labels, sentence, attributes) of generated person `i`: hair, face, upper and
+  lower garments in the colours of its sentence, legs below a short garment."""
+  upper_colour, upper, lower_colour, lower = GARMENTS[i % len(GARMENTS)]
+  labels = np.zeros((SIZE, SIZE), np.uint8)
+  left, right = 20 + i % 3, 44 - i % 2
+  labels[4:12, left:right] = ccp_fashion.HAIR
+  labels[12:20, left + 4:right - 4] = ccp_fashion.FACE
+  labels[20:38, left:right] = ccp_fashion.UPPER
+  short = lower in ("skirt", "shorts")
+  labels[38:50 if short else 62, left:right] = ccp_fashion.LOWER
+  if short:
+    labels[50:62, left + 2:right - 2] = ccp_fashion.LEGS
+  photo = np.full((SIZE, SIZE, 3), 128, np.uint8)
+  photo[labels == ccp_fashion.HAIR] = (90, 50, 20)
+  photo[(labels == ccp_fashion.FACE) | (labels == ccp_fashion.LEGS)] = (230, 190, 160)
+  photo[labels == ccp_fashion.UPPER] = RGB[upper_colour]
+  photo[labels == ccp_fashion.LOWER] = RGB[lower_colour]
+  attributes = np.array([ccp_fashion.UPPER_GARMENTS.index(upper) + 1,
+                         ccp_fashion.COLOURS.index(upper_colour) + 1,
+                         ccp_fashion.LOWER_GARMENTS.index(lower) + 1,
+                         ccp_fashion.COLOURS.index(lower_colour) + 1], np.int32)
+  article = lambda g: "" if g in ccp_fashion.PLURAL_GARMENTS else "a "
+  sentence = (f"a woman in a {upper_colour} {upper} and {article(lower)}{lower_colour} "
+              f"{lower}")
+  return photo, labels, sentence, attributes
+
+
+def fake_load_split(data_config, split):
+  """8 training and 4 test people (`_person`), at 64 px."""
+  ids = range(8) if split == "train" else range(8, 12)
+  photos, labels, sentences, attributes = zip(*(_person(i) for i in ids))
+  train_sentences = [_person(i)[2] for i in range(8)]
+  vocabulary = fashion_data.Vocabulary.from_sentences(train_sentences)
+  words, lengths = vocabulary.encode_all(sentences)
+  labels = np.stack(labels)
+  mean = np.stack([_person(i)[0] for i in range(8)]).mean(0) / 255
+  return fashion_data.FashionSet(
+      labels=labels, shape_conditions=compose.spatial_constraint(labels), words=words,
+      lengths=lengths, attributes=np.stack(attributes), attribute_sizes=ccp_fashion.ATTRIBUTES,
+      sentences=tuple(sentences), vocabulary=vocabulary, images=np.stack(photos),
+      mean_image=mean.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def fake_data():
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(fashion_data, "load_split", fake_load_split)
+    yield
+
+
+def _config(**overrides):
+  config = ccp_fashiongan.get_config("test")
+  config.eval.sentences_per_photo = 2
+  for key, value in overrides.items():
+    section, name = key.split(".") if "." in key else (None, key)
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def _equal(a, b) -> bool:
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_each_phase_trains_only_its_networks(fake_data):
+  config = _config()
+  task = train.Task(config, mesh_lib.make_data_mesh(1))
+  state = jax.device_get(jax.jit(task.init_state)(task.init_key()))
+  ends = task.ends
+  assert [task.phase(p) for p in (0, ends[0] - 1, ends[0], ends[1] - 1, ends[1])] == [0, 0, 1, 1, 2]
+  for position, trained in ((0, "coder"), (ends[0], "shape"), (ends[1], "image")):
+    new, metrics, info, next_position = task.train_step(state, position, position)
+    new = jax.device_get(new)
+    assert next_position == position + 1 and info["phase"] == train.PHASES.index(
+        {"coder": "design_coding"}.get(trained, trained))
+    for part in ("coder", "shape", "image"):
+      assert _equal(new[part], state[part]) == (part != trained), (trained, part)
+    assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+    state = new
+
+
+def _bce(logits: np.ndarray, target: float) -> float:
+  logits = np.asarray(logits, np.float64)
+  p = 1 / (1 + np.exp(-logits))
+  return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
+
+
+def test_shape_discriminator_loss_is_the_papers_weighted_bce(fake_data):
+  """The D step's three terms are BCE of D on (real map, its condition), (another record's
+  map and condition, this text) and G's map, each from a separate train-mode forward
+  chained through the BatchNorm statistics; loss = real + 0.1 wrong + 0.9 fake."""
+  config = _config()
+  task = train.Task(config, mesh_lib.make_data_mesh(1))
+  state = jax.jit(task.init_state)(task.init_key())
+  step = task.ends[0]
+  batch = jax.device_get(task._batch(step, config.batch_size,  # pylint: disable=protected-access
+                                     ("words", "lengths", "labels", "wrong_labels",
+                                      "shape_condition", "wrong_shape_condition", "z")))
+  nets, gan, coder = task.nets, jax.device_get(state["shape"]), jax.device_get(state["coder"])
+  _, metrics, _, _ = task.train_step(state, step, step)  # donates state["shape"].
+  metrics = jax.device_get(metrics)
+  d_code = nets.coder.apply({"params": coder["params"]}, batch["words"], batch["lengths"])[0]
+  fake, _ = nets.g_shape.apply(gan["g"], batch["z"], d_code, batch["shape_condition"],
+                               train=True, mutable=["batch_stats"])
+  one_hot = lambda labels: np.eye(7, dtype=np.float32)[labels]
+  stats, logits = gan["d"]["batch_stats"], {}
+  for name, x, condition in (("real", one_hot(batch["labels"]), batch["shape_condition"]),
+                             ("wrong", one_hot(batch["wrong_labels"]),
+                              batch["wrong_shape_condition"]),
+                             ("fake", fake, batch["shape_condition"])):
+    logits[name], updated = nets.d_shape.apply(
+        {"params": gan["d"]["params"], "batch_stats": stats}, x, d_code, condition, train=True,
+        mutable=["batch_stats"])
+    stats = updated["batch_stats"]
+  want = {name: _bce(logits[name], 1.0 if name == "real" else 0.0) for name in logits}
+  for name, value in want.items():
+    np.testing.assert_allclose(metrics[f"shape_d_{name}"], value, rtol=1e-4)
+  np.testing.assert_allclose(metrics["shape_d_loss"],
+                             want["real"] + 0.1 * want["wrong"] + 0.9 * want["fake"], rtol=1e-4)
+
+
+# The edit command -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_workdir(fake_data, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("fashiongan_run")
+  runner.train(_config(), str(workdir), train.make_task)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+  """A generated person as photo.png and its CCP label file (59 CCP ids)."""
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  import scipy.io  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.data import ccp  # pylint: disable=import-outside-toplevel
+  folder = tmp_path_factory.mktemp("photo")
+  photo, labels, _, _ = _person(1)
+  photo, labels = photo[:, 8:56], labels[:, 8:56]  # not square
+  raw = np.zeros(labels.shape, np.uint8)
+  for label, name in ((ccp_fashion.HAIR, "hair"), (ccp_fashion.FACE, "skin"),
+                      (ccp_fashion.UPPER, "t-shirt"), (ccp_fashion.LOWER, "skirt"),
+                      (ccp_fashion.LEGS, "skin")):
+    raw[labels == label] = ccp.CLASS_NAMES.index(name)
+  PIL.Image.fromarray(photo).save(folder / "photo.png")
+  scipy.io.savemat(folder / "photo.mat", {"groundtruth": raw})
+  scipy.io.savemat(folder / "small.mat", {"groundtruth": raw[:-4]})
+  return folder
+
+
+def test_edit_writes_the_new_photo_its_segmentation_and_a_side_by_side(
+    finished_workdir, photo_files, tmp_path, capsys):
+  out = tmp_path / "new.png"
+  code = edit.main(["--workdir", str(finished_workdir), "--photo", str(photo_files / "photo.png"),
+                    "--labels", str(photo_files / "photo.mat"), "--text",
+                    "a woman in a red shirt and blue jeans", "--out", str(out), "--postprocess"])
+  assert code == 0, capsys.readouterr().err
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  sizes = {p.name: PIL.Image.open(p).size for p in sorted(tmp_path.iterdir())}
+  assert sizes == {"new.png": (SIZE, SIZE), "new_segmentation.png": (SIZE, SIZE),
+                   "new_side_by_side.png": ((4 * (SIZE + 1) + 1) * 4, (SIZE + 2) * 4)}
+
+
+@pytest.mark.parametrize("case", ["no labels", "empty text", "unknown words", "labels of another size",
+                                  "stopped workdir", "another trainer"])
+def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
+    case, finished_workdir, photo_files, tmp_path, capsys):
+  out = tmp_path / "out" / "new.png"
+  out.parent.mkdir()
+  args = {"--workdir": str(finished_workdir), "--photo": str(photo_files / "photo.png"),
+          "--labels": str(photo_files / "photo.mat"), "--text": "a woman in a red skirt",
+          "--out": str(out)}
+  message = {"no labels": "--labels P.mat", "empty text": "--text is empty",
+             "unknown words": "no known word \\(unknown: purple, kimono\\)",
+             "labels of another size": "labels are 60x48 but the photo is 64x48",
+             "stopped workdir": "stopped in the shape phase",
+             "another trainer": "trained by 'pspnet', not fashiongan"}[case]
+  if case == "no labels":
+    del args["--labels"]
+  elif case == "empty text":
+    args["--text"] = "  "
+  elif case == "unknown words":
+    args["--text"] = "purple kimono"
+  elif case == "labels of another size":
+    args["--labels"] = str(photo_files / "small.mat")
+  elif case == "stopped workdir":
+    stopped = tmp_path / "stopped"
+    runner.train(_config(), str(stopped), train.make_task, stop_after_steps=4)
+    args["--workdir"] = str(stopped)
+  elif case == "another trainer":
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"trainer": "pspnet"}')
+    args["--workdir"] = str(other)
+  capsys.readouterr()  # the stopped run's progress bar.
+  code = edit.main([item for pair in args.items() for item in pair])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and err[0].startswith("edit: error:"), err
+  import re  # pylint: disable=import-outside-toplevel
+  assert re.search(message, err[0]), err[0]
+  assert list(out.parent.iterdir()) == []
