@@ -329,11 +329,12 @@ class FashionEvaluation:
     self.classifier = evaluation.CategoryClassifier(train.labels,
                                                     evaluation.lower_group(train.attributes))
     self.last: dict[str, Any] = {}
+    coder = task.nets.coder
+    self._coder_heads = jax.jit(lambda p, w, n: coder.apply({"params": p}, w, n)[1])
 
   def _coder_scores(self, coder_params) -> dict[str, float]:
     test, nets = self.task.test_set, self.task.nets
-    apply = jax.jit(lambda p, w, n: nets.coder.apply({"params": p}, w, n)[1])
-    heads = jax.device_get(apply(coder_params, test.words, test.lengths))
+    heads = jax.device_get(self._coder_heads(coder_params, test.words, test.lengths))
     return {f"coder_accuracy_{name}": float(np.mean(np.argmax(heads[name], -1)
                                                     == test.attributes[:, k]))
             for k, name in enumerate(nets.attribute_names)}
