@@ -4,7 +4,9 @@ Entries name "module:function" so a paper is imported only when its model is
 asked for. A new paper adds its loader here:
 
 - "generator": `load(workdir) -> (generate(latents) -> images NHWC in [-1, 1], latent_size)`;
-- "segmenter": `load(workdir) -> (predict(image uint8 HWC) -> labels HW, class_names, palette)`.
+- "segmenter": `load(workdir) -> (predict(image uint8 HWC) -> labels HW, class_names, palette)`;
+- "restyler": `load(workdir, segmenter=DIR) -> Restyler` (restyle(photo, text), check_text,
+  default_text: a person's photo dressed as a sentence says).
 """
 import importlib
 from typing import Any
@@ -14,6 +16,7 @@ from readingnotes_jax.errors import UserError
 LOADERS: dict[str, dict[str, str]] = {
     "generator": {"progan": "readingnotes_jax.progan.predict:load_generator"},
     "segmenter": {"pspnet": "readingnotes_jax.pspnet.predict:load_segmenter"},
+    "restyler": {"fashiongan": "readingnotes_jax.fashiongan.predict:load_restyler"},
 }
 
 

@@ -16,7 +16,7 @@ and the mean image. Bad input: one line on stderr, exit code 2, nothing written.
 import argparse
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -49,27 +49,27 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def photo_labels(photo: np.ndarray, labels: str | None, segmenter: str | None) -> np.ndarray:
-  """FashionGAN's 7-class map of `photo`, from a CCP label file or a segmenter workdir."""
-  if labels:
-    path = pathlib.Path(labels)
-    raw = segmentation.map_labels(ccp.read_label(path), ccp.CCP.LABEL_LUT, path)
-    if raw.shape != photo.shape[:2]:
-      raise UserError(f"{path}: labels are {raw.shape[0]}x{raw.shape[1]} but the photo is "
-                      f"{photo.shape[0]}x{photo.shape[1]}: give the photo's own label file")
-    return ccp_fashion.fashion_labels(raw)
-  if segmenter:
-    predict, class_names, _ = predictors.load("segmenter", "pspnet", segmenter)
-    predicted = np.asarray(predict(photo))
-    if tuple(class_names) == tuple(ccp.CLASS_NAMES):
-      return ccp_fashion.fashion_labels(predicted.astype(np.uint8))
-    if tuple(class_names) == tuple(ccp_fashion.CLASS_NAMES):
-      return predicted.astype(np.uint8)
-    raise UserError(f"{segmenter}: the segmenter's classes ({len(class_names)}: "
-                    f"{', '.join(class_names[:3])}, ...) are not CCP's: train PSPNet with "
-                    "--config.data.source=ccp")
-  raise UserError("the photo needs its segmentation: give --labels P.mat (CCP label file) or "
-                  "--segmenter WORKDIR (a PSPNet trained on CCP)")
+def label_file(photo: np.ndarray, labels: str) -> np.ndarray:
+  """FashionGAN's 7-class map of `photo` from its CCP label file (59 labels mapped)."""
+  path = pathlib.Path(labels)
+  raw = segmentation.map_labels(ccp.read_label(path), ccp.CCP.LABEL_LUT, path)
+  if raw.shape != photo.shape[:2]:
+    raise UserError(f"{path}: labels are {raw.shape[0]}x{raw.shape[1]} but the photo is "
+                    f"{photo.shape[0]}x{photo.shape[1]}: give the photo's own label file")
+  return ccp_fashion.fashion_labels(raw)
+
+
+def load_segmenter(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
+  """predict(photo uint8 [H, W, 3]) -> FashionGAN's 7-class map [H, W], of a PSPNet workdir
+  trained on CCP (its 59 labels mapped) or on the 7 classes."""
+  predict, class_names, _ = predictors.load("segmenter", "pspnet", workdir)
+  if tuple(class_names) == tuple(ccp.CLASS_NAMES):
+    return lambda photo: ccp_fashion.fashion_labels(np.asarray(predict(photo)).astype(np.uint8))
+  if tuple(class_names) == tuple(ccp_fashion.CLASS_NAMES):
+    return lambda photo: np.asarray(predict(photo)).astype(np.uint8)
+  raise UserError(f"{workdir}: the segmenter's classes ({len(class_names)}: "
+                  f"{', '.join(class_names[:3])}, ...) are not CCP's: train PSPNet with "
+                  "experiments/configs/pspnet/ccp_pspnet50.py")
 
 
 def load_workdir(workdir: str) -> tuple[train.Task, dict]:
@@ -89,12 +89,14 @@ def load_workdir(workdir: str) -> tuple[train.Task, dict]:
 
 
 def edit(task: train.Task, state, photo: np.ndarray, labels: np.ndarray, text: str, *,
-         seed: int = 0, postprocess: bool = False) -> dict[str, np.ndarray]:
-  """{"photo", "labels", "generated_labels", "image"} at the workdir's size (uint8)."""
+         seed: int = 0, postprocess: bool = False,
+         generation: train.Generation | None = None) -> dict[str, np.ndarray]:
+  """{"photo", "labels", "generated_labels", "image"} at the workdir's size (uint8); pass
+  the same `generation` (`train.Generation(task.nets)`) to edit many photos with one compile."""
   size = task.config.data.image_size
   words = task.train_set.vocabulary.encode(text)
   square, square_labels = ccp_fashion.square_resize(photo, labels, size)
-  generation = train.Generation(task.nets)
+  generation = generation or train.Generation(task.nets)
   variant = next(iter(task.nets.g_image))
   z = lambda stream: train.noise(seed, 10 + stream, 0, (1, model.NOISE_SIZE))
   generated_labels, images = generation(
@@ -126,7 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.text.strip():
       raise UserError("--text is empty: describe the clothes, e.g. \"a woman in a red dress\"")
     photo = parts.read_rgb(pathlib.Path(args.photo))
-    labels = photo_labels(photo, args.labels, args.segmenter)
+    if args.labels:
+      labels = label_file(photo, args.labels)
+    elif args.segmenter:
+      labels = load_segmenter(args.segmenter)(photo)
+    else:
+      raise UserError("the photo needs its segmentation: give --labels P.mat (CCP label file) "
+                      "or --segmenter WORKDIR (a PSPNet trained on CCP)")
     task, state = load_workdir(args.workdir)
     result = edit(task, state, photo, labels, args.text, seed=args.seed,
                   postprocess=args.postprocess)

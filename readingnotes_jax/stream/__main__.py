@@ -5,6 +5,8 @@ Examples:
   python -m readingnotes_jax.stream --source pets=vtest.avi --source cam=0 \
       --model pspnet --checkpoint runs/pspnet_camvid
   python -m readingnotes_jax.stream --model progan --checkpoint runs/progan_fashion
+  python -m readingnotes_jax.stream --source cam=0 --model fashiongan \
+      --checkpoint runs/ccp_fashiongan --segmenter runs/ccp_pspnet50   # type a sentence
 Then open the printed address in a browser.
 """
 import argparse
@@ -32,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
       f"{sorted(sources_lib.GENERATORS)}; repeat, each with its --checkpoint")
   parser.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
                       help="the training workdir of the --model at the same position")
+  parser.add_argument("--segmenter", default=None, metavar="DIR",
+                      help="--model fashiongan: a PSPNet workdir trained on CCP, which finds "
+                      "the person's segmentation in each frame")
   parser.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default 127.0.0.1: this machine only)")
   parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
@@ -57,11 +62,15 @@ def build(args: argparse.Namespace) -> server_lib.StreamServer:
   if len(args.model) != len(args.checkpoint):
     raise UserError(f"{len(args.model)} --model but {len(args.checkpoint)} --checkpoint: "
                     "give each --model NAME its --checkpoint DIR")
+  if args.segmenter is not None and "fashiongan" not in args.model:
+    raise UserError("--segmenter is for --model fashiongan: drop it or add that model")
   sources = [sources_lib.parse_source(spec) for spec in args.source]
   processors = []
   for name, checkpoint in zip(args.model, args.checkpoint):
     if name in sources_lib.GENERATORS:
       sources.append(sources_lib.GENERATORS[name](checkpoint))
+    elif name == "fashiongan":
+      processors.append(processors_lib.load(name, checkpoint, segmenter=args.segmenter))
     else:
       processors.append(processors_lib.load(name, checkpoint))
   return server_lib.StreamServer(

@@ -11,7 +11,9 @@ model is a few lines:
     return lambda frame: draw(frame, predict(frame))
 
 Setup runs once at server start; the frame function runs on the pipeline
-thread, one frame at a time.
+thread, one frame at a time. A frame function with a `sentence` attribute (a
+`Sentence`) takes text from the page: the viewer's {"type": "text"} message sets
+it for the next frames (fashiongan: the outfit to dress the person in).
 """
 import dataclasses
 from collections.abc import Callable, Sequence
@@ -23,7 +25,7 @@ from readingnotes_jax import predictors
 from readingnotes_jax.errors import UserError
 
 FrameFn = Callable[[np.ndarray], np.ndarray]
-Setup = Callable[[str | None], FrameFn]
+Setup = Callable[..., FrameFn]  # (checkpoint: str | None, **options) -> frame function
 
 # Legend layout (pixels): box at (MARGIN, MARGIN), one ROW per class, a SWATCH
 # square at PAD from the row's top-left, the class name after it.
@@ -36,15 +38,30 @@ LEGEND_MAX_ROWS = 10
 _SETUPS: dict[str, Setup] = {}
 
 
+class Sentence:
+  """The text a processor uses for the next frames; `set` checks it first (`check` raises
+  UserError naming what is wrong) and keeps the old text when the check fails."""
+
+  def __init__(self, text: str, check: Callable[[str], None]):
+    check(text)
+    self.text, self._check = text, check
+
+  def set(self, text: str) -> None:
+    self._check(text)
+    self.text = text
+
+
 @dataclasses.dataclass(frozen=True)
 class Processor:
-  """A named per-frame function."""
+  """A named per-frame function; `sentence` when it takes text from the page."""
   name: str
   fn: FrameFn
+  sentence: Sentence | None = None
 
 
 def register(name: str) -> Callable[[Setup], Setup]:
-  """Registers a setup function `(checkpoint: str | None) -> frame function` under `name`."""
+  """Registers a setup function `(checkpoint: str | None, **options) -> frame function`
+  under `name`."""
 
   def decorator(setup: Setup) -> Setup:
     _SETUPS[name] = setup
@@ -58,11 +75,13 @@ def names() -> list[str]:
   return sorted(_SETUPS)
 
 
-def load(name: str, checkpoint: str | None = None) -> Processor:
-  """Runs the setup of processor `name` (loading its model from `checkpoint`)."""
+def load(name: str, checkpoint: str | None = None, **options) -> Processor:
+  """Runs the setup of processor `name` (loading its model from `checkpoint`; `options`
+  such as fashiongan's `segmenter` go to the setup)."""
   if name not in _SETUPS:
     raise UserError(f"unknown model {name!r}: use one of {names()}")
-  return Processor(name, _SETUPS[name](checkpoint))
+  fn = _SETUPS[name](checkpoint, **options)
+  return Processor(name, fn, getattr(fn, "sentence", None))
 
 
 @register("none")
@@ -142,3 +161,37 @@ def _pspnet(checkpoint: str | None) -> FrameFn:
     raise UserError("--model pspnet needs --checkpoint DIR (a PSPNet training workdir)")
   predict, class_names, palette = predictors.load("segmenter", "pspnet", checkpoint)
   return segmentation_overlay(predict, class_names, palette)
+
+
+class _Restyle:
+  """fashiongan's frame function: [the frame's centred square | the person dressed as
+  `sentence.text` says], each `PANEL` pixels high, the sentence written under them."""
+  PANEL = 256
+
+  def __init__(self, restyler):
+    self.restyler = restyler
+    self.sentence = Sentence(restyler.default_text, restyler.check_text)
+
+  def __call__(self, frame: np.ndarray) -> np.ndarray:
+    text = self.sentence.text
+    result = self.restyler.restyle(frame, text)
+    size = (self.PANEL, self.PANEL)
+    panels = [cv2.resize(result[k], size, interpolation=cv2.INTER_AREA if k == "photo"
+                         else cv2.INTER_LINEAR) for k in ("photo", "image")]
+    out = np.zeros((self.PANEL + 28, 2 * self.PANEL, 3), np.uint8)
+    out[:self.PANEL] = np.concatenate(panels, axis=1)
+    cv2.putText(out, text[:70], (6, self.PANEL + 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+@register("fashiongan")
+def _fashiongan(checkpoint: str | None, segmenter: str | None = None) -> FrameFn:
+  """FashionGAN (readingnotes_jax.fashiongan): the streamed person in the outfit a sentence
+  typed in the page describes; the person's segmentation from a PSPNet CCP `segmenter`."""
+  if checkpoint is None:
+    raise UserError("--model fashiongan needs --checkpoint DIR (a FashionGAN training workdir)")
+  if segmenter is None:
+    raise UserError("--model fashiongan needs --segmenter DIR (a PSPNet workdir trained on "
+                    "CCP: experiments/configs/pspnet/ccp_pspnet50.py) for each frame's person")
+  return _Restyle(predictors.load("restyler", "fashiongan", checkpoint, segmenter=segmenter))

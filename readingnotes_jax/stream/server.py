@@ -23,7 +23,9 @@ JPEG messages, and one capture -> model -> encode loop shared by every viewer.
 - Viewers send small JSON control messages: `{"type": "select", "source": S,
   "model": M}` (names the server offered in its `hello`; never paths) and
   `{"type": "ping", "t": T}` (answered with `pong` for clock-offset
-  estimates). Bad ones get `{"type": "error"}`; messages over
+  estimates) and `{"type": "text", "text": SENTENCE}` (at most MAX_TEXT_CHARS, for a
+  model in `text_models` such as fashiongan; the state carries the model's `text`).
+  Bad ones get `{"type": "error"}`; messages over
   MAX_MESSAGE_BYTES close that connection with code 1009. Each viewer may send
   CONTROL_BURST messages at once and CONTROL_RATE_PER_S after that; the rest
   are ignored (one error says so). A select of what is already playing
@@ -69,6 +71,7 @@ from readingnotes_jax.stream.sources import Source
 logger = logging.getLogger("readingnotes_jax.stream")
 
 MAX_MESSAGE_BYTES = 4096
+MAX_TEXT_CHARS = 200
 SEND_BUFFER_BYTES = 256 * 1024
 STATS_INTERVAL_S = 1.0
 CLOSE_TIMEOUT_S = 2.0
@@ -524,8 +527,10 @@ class StreamServer:
       viewer.tell({"type": "pong", "t": t, "server": time.time() * 1000.0})
     elif kind == "select":
       self._select(viewer, request)
+    elif kind == "text":
+      self._set_text(viewer, request)
     else:
-      viewer.tell(_error(f"unknown message type {str(kind)[:32]!r}: use select or ping"))
+      viewer.tell(_error(f"unknown message type {str(kind)[:32]!r}: use select, text or ping"))
 
   def _select(self, viewer: _Viewer, request: dict[str, Any]) -> None:
     """Switches source and/or model; a select of what is already playing changes nothing."""
@@ -555,6 +560,31 @@ class StreamServer:
                 " and ".join(changed))
     self._broadcast(self._state("state"))
 
+  def _set_text(self, viewer: _Viewer, request: dict[str, Any]) -> None:
+    """Gives the playing model the page's sentence, for the frames after this one."""
+    text, processor = request.get("text"), self._processor
+    if set(request) != {"type", "text"} or not isinstance(text, str):
+      viewer.tell(_error('text takes a "text" string, e.g. {"type": "text", "text": "a woman '
+                         'in a red dress"}'))
+      return
+    if len(text) > MAX_TEXT_CHARS:
+      viewer.tell(_error(f"text has {len(text)} characters: at most {MAX_TEXT_CHARS}"))
+      return
+    if processor.sentence is None:
+      takers = [p.name for p in self._processors.values() if p.sentence is not None]
+      viewer.tell(_error(f"model {processor.name!r} takes no text"
+                         + (f": pick {' or '.join(takers)}" if takers else "")))
+      return
+    try:
+      processor.sentence.set(text)
+    except UserError as exc:
+      viewer.tell(_error(str(exc)))
+      return
+    self._picked_by = viewer.number
+    logger.info("viewer %d at %s set the text of %s to %r", viewer.number,
+                _address(viewer.connection), processor.name, text)
+    self._broadcast(self._state("state"))
+
   def _playing(self) -> str | None:
     """The source streaming or about to, or None after it ended or failed."""
     if self._pending_source is not None:
@@ -562,7 +592,10 @@ class StreamServer:
     return self._source.name if self._status in ("opening", "streaming") else None
 
   def _state(self, kind: str) -> dict[str, Any]:
+    sentence = self._processor.sentence
     return {"type": kind, "sources": list(self._sources), "models": list(self._processors),
+            "text_models": [p.name for p in self._processors.values() if p.sentence is not None],
+            "text": None if sentence is None else sentence.text,
             "source": self._pending_source or self._source.name, "model": self._processor.name,
             "status": self._status, "viewers": len(self._viewers), "picked_by": self._picked_by}
 

@@ -227,3 +227,90 @@ def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
   import re  # pylint: disable=import-outside-toplevel
   assert re.search(message, err[0]), err[0]
   assert list(out.parent.iterdir()) == []
+
+
+# A PSPNet segmenter (experiments/configs/pspnet/ccp_pspnet50.py): the edit command's
+# --segmenter and the stream's fashiongan processor ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segmenter_workdir(tmp_path_factory):
+  """PSPNet's `:test` run of ccp_pspnet50 on a CCP-layout tree of generated people (CCP ids)."""
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  import scipy.io  # pylint: disable=import-outside-toplevel
+  from experiments.configs.pspnet import ccp_pspnet50  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.data import ccp  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.pspnet import train as pspnet_train  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("ccp_tree")
+  (root / "photos").mkdir()
+  (root / "annotations" / "pixel-level").mkdir(parents=True)
+  for i, number in enumerate((1, 2, 3, 4, 801)):
+    photo, labels, _, _ = _person(i)
+    raw = np.zeros(labels.shape, np.uint8)
+    for label, name in ((ccp_fashion.HAIR, "hair"), (ccp_fashion.FACE, "skin"),
+                        (ccp_fashion.UPPER, "shirt"), (ccp_fashion.LOWER, "jeans"),
+                        (ccp_fashion.LEGS, "skin")):
+      raw[labels == label] = ccp.CLASS_NAMES.index(name)
+    PIL.Image.fromarray(photo).save(root / "photos" / f"{number:04d}.jpg")
+    scipy.io.savemat(root / "annotations" / "pixel-level" / f"{number:04d}.mat",
+                     {"groundtruth": raw})
+  config = ccp_pspnet50.get_config("test")
+  config.data.path = str(root)
+  workdir = tmp_path_factory.mktemp("pspnet_ccp_run")
+  runner.train(config, str(workdir), pspnet_train.make_task)
+  return workdir
+
+
+def test_edit_with_a_segmenter_uses_its_labels_mapped_to_the_seven_classes(
+    finished_workdir, segmenter_workdir, photo_files, tmp_path, capsys):
+  """S0 of the side-by-side is the segmenter's prediction with CCP's 59 ids mapped to the 7
+  classes (`ccp_fashion.fashion_labels`, tested on its own in tests/data), padded and resized
+  as the photo is."""
+  import PIL.Image  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax import predictors  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.data import parts  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.fashiongan import figures as fashion_figures  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "new.png"
+  code = edit.main(["--workdir", str(finished_workdir), "--photo", str(photo_files / "photo.png"),
+                    "--segmenter", str(segmenter_workdir), "--text", "a woman in a red shirt",
+                    "--out", str(out)])
+  assert code == 0, capsys.readouterr().err
+  photo = parts.read_rgb(photo_files / "photo.png")
+  predict, class_names, _ = predictors.load("segmenter", "pspnet", str(segmenter_workdir))
+  assert len(class_names) == 59
+  raw = np.asarray(predict(photo)).astype(np.uint8)
+  _, want = ccp_fashion.square_resize(photo, ccp_fashion.fashion_labels(raw), SIZE)
+  side = np.asarray(PIL.Image.open(tmp_path / "new_side_by_side.png").convert("RGB"))
+  panel = side[::4, ::4][1:1 + SIZE, 1 + (SIZE + 1):1 + (SIZE + 1) + SIZE]  # the S0 panel
+  np.testing.assert_array_equal(panel, fashion_figures.colour_labels(want))
+
+
+def test_stream_processor_restyles_each_frame_with_the_pages_sentence(
+    finished_workdir, segmenter_workdir, photo_files):
+  """[frame's square | new photo] + the sentence; the new photo is `edit.edit` of the frame
+  with the segmenter's S0 and the page's sentence; a sentence it cannot read is refused and
+  the old one kept."""
+  from readingnotes_jax.data import parts  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.stream import processors  # pylint: disable=import-outside-toplevel
+  processor = processors.load("fashiongan", str(finished_workdir),
+                              segmenter=str(segmenter_workdir))
+  assert processor.sentence.text == fake_load_split(None, "train").sentences[0]
+  processor.sentence.set("a woman in a blue top and red shorts")
+  with pytest.raises(UserError, match="unknown: purple, kimono"):
+    processor.sentence.set("purple kimono")
+  assert processor.sentence.text == "a woman in a blue top and red shorts"
+  frame = parts.read_rgb(photo_files / "photo.png")
+  out = processor.fn(frame)
+  assert out.shape == (256 + 28, 512, 3) and out.dtype == np.uint8
+  task, state = edit.load_workdir(str(finished_workdir))
+  labels = edit.load_segmenter(str(segmenter_workdir))(frame)
+  want = edit.edit(task, state, frame, labels, "a woman in a blue top and red shorts",
+                   postprocess=True)
+  import cv2  # pylint: disable=import-outside-toplevel
+  left = cv2.resize(want["photo"], (256, 256), interpolation=cv2.INTER_AREA)
+  right = cv2.resize(want["image"], (256, 256), interpolation=cv2.INTER_LINEAR)
+  np.testing.assert_array_equal(out[:256, :256], left)
+  # The same jitted program on the same inputs; 1 level of uint8 for float32 rounding at a
+  # .5 boundary of the conversion.
+  assert np.abs(out[:256, 256:].astype(int) - right.astype(int)).max() <= 1

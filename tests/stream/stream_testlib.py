@@ -200,3 +200,25 @@ def upgrade_request(port: int, path: str = "/ws", headers: tuple[str, ...] = ())
            "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
            *headers]
   return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+COLOURS = {"red": (250, 0, 0), "green": (0, 250, 0), "blue": (0, 0, 250)}
+
+
+def painter(name: str = "painter") -> "Processor":
+  """A processor that takes text: it paints each frame the colour its sentence names (one of
+  COLOURS); a sentence without such a word is refused, naming the words it read."""
+  from readingnotes_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  from readingnotes_jax.stream.processors import Processor, Sentence  # pylint: disable=import-outside-toplevel
+
+  def check(text):
+    if not set(text.split()) & set(COLOURS):
+      raise UserError(f"no colour in {text.split()}: use one of {sorted(COLOURS)}")
+
+  sentence = Sentence("a red square", check)
+
+  def paint(frame):
+    colour = next(COLOURS[w] for w in sentence.text.split() if w in COLOURS)
+    return np.broadcast_to(np.array(colour, np.uint8), frame.shape).copy()
+
+  return Processor(name, paint, sentence)

@@ -128,6 +128,10 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, clip):
   assert "unknown model 'nope'" in run_main(capsys, "--source", str(clip), "--model", "nope",
                                             "--checkpoint", str(tmp_path))
   assert "--checkpoint" in run_main(capsys, "--source", str(clip), "--model", "pspnet")
+  assert "--segmenter is for --model fashiongan" in run_main(
+      capsys, "--source", str(clip), "--segmenter", str(tmp_path))
+  assert "needs --segmenter" in run_main(capsys, "--source", str(clip), "--model", "fashiongan",
+                                         "--checkpoint", str(tmp_path))
   assert "--quality" in run_main(capsys, "--source", str(clip), "--quality", "0")
   assert "same name" in run_main(capsys, "--source", f"a={clip}", "--source", f"a={clip}")
   with socket.socket() as busy:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from readingnotes_jax.stream.sources import parse_source
-from stream_testlib import control_until, running, synthetic, ws_connect
+from stream_testlib import control_until, painter, running, synthetic, ws_connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -95,6 +95,28 @@ def test_page_streams_switches_source_and_reconnects(browser):
   page.close()
   # The only console errors allowed are the failed reconnect attempts while the server was down.
   assert not [e for e in errors if "ERR_CONNECTION_REFUSED" not in e and "WebSocket" not in e]
+
+
+def test_sentence_box_shows_for_a_text_model_and_sends_the_sentence(browser):
+  page = browser.new_page()
+  with running([synthetic(fps=30)], [painter()]) as server:
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    wait_js(page, "() => Number(document.getElementById('frames').textContent) > 3")
+    assert page.is_visible("#text") and page.input_value("#text") == "a red square"
+    assert centre_pixel(page)[0] > 200
+    page.fill("#text", "a blue square")
+    page.press("#text", "Enter")
+    wait_js(page, """() => {
+      const c = document.getElementById('view');
+      const p = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data;
+      return p[2] > 200 && p[0] < 50;
+    }""")
+    page.fill("#text", "a mauve square")
+    page.press("#text", "Enter")
+    wait_js(page, "() => document.getElementById('message').textContent.includes('no colour')")
+    page.select_option("#model", "none")
+    wait_js(page, "() => document.getElementById('textbox').hidden")
+  page.close()
 
 
 def test_page_shows_the_pets09_video(browser, data_dir, tmp_path):

@@ -20,6 +20,23 @@ def test_registry():
     P.load("nope")
   with pytest.raises(UserError, match="needs --checkpoint"):
     P.load("pspnet")
+  with pytest.raises(UserError, match="fashiongan needs --checkpoint"):
+    P.load("fashiongan")
+  with pytest.raises(UserError, match="fashiongan needs --segmenter"):
+    P.load("fashiongan", "runs/x")
+
+
+def test_sentence_keeps_its_text_when_the_check_refuses():
+  def check(text):
+    if "dress" not in text:
+      raise UserError(f"{text!r}: no dress")
+  sentence = P.Sentence("a red dress", check)
+  sentence.set("a blue dress")
+  with pytest.raises(UserError, match="'a blue shirt': no dress"):
+    sentence.set("a blue shirt")
+  assert sentence.text == "a blue dress"
+  with pytest.raises(UserError, match="no dress"):
+    P.Sentence("pants", check)
 
 
 def test_blend_labels_matches_per_pixel_formula():

@@ -12,8 +12,9 @@ import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from readingnotes_jax.stream.processors import Processor
-from stream_testlib import (abort, control_until, decode, noise_source, parse_stamp, pattern,
-                            raw_websocket, receive, running, synthetic, wait_for, ws_connect)
+from stream_testlib import (abort, control_until, decode, noise_source, painter, parse_stamp,
+                            pattern, raw_websocket, receive, running, synthetic, wait_for,
+                            ws_connect)
 
 
 def test_page_is_served_with_security_headers():
@@ -254,3 +255,32 @@ def test_warns_when_listening_beyond_loopback(caplog):
   with running([synthetic()], host="0.0.0.0"):
     pass
   assert any("beyond this machine" in r.getMessage() for r in caplog.records)
+
+
+def test_text_reaches_the_model_that_takes_it_and_bad_text_is_refused():
+  invert = Processor("invert", lambda frame: 255 - frame)
+  with running([synthetic()], [painter(), invert]) as server, ws_connect(server) as ws, \
+      ws_connect(server) as other:
+    hello = control_until(ws, "hello")
+    assert hello["text_models"] == ["painter"] and hello["text"] == "a red square"
+    control_until(other, "hello")
+    image = decode(receive(ws, 1)[0][0]).astype(int)
+    assert image[..., 0].mean() > 200 and image[..., 2].mean() < 30
+    for message, expect in ((json.dumps({"type": "text", "text": "a purple square"}),
+                             "no colour in ['a', 'purple', 'square']"),
+                            (json.dumps({"type": "text", "text": 3}), "text takes"),
+                            (json.dumps({"type": "text", "text": "blue", "x": 1}), "text takes"),
+                            (json.dumps({"type": "text", "text": "blue " * 50}), "at most 200")):
+      ws.send(message)
+      assert expect in control_until(ws, "error")["message"]
+    ws.send(json.dumps({"type": "text", "text": "a blue square"}))
+    state = control_until(other, "state")  # every viewer hears of the new sentence
+    assert state["text"] == "a blue square" and state["picked_by"] == hello["you"]
+    for _ in range(3):  # frames in flight before the change may still arrive
+      receive(ws, 1)
+    image = decode(receive(ws, 1)[0][0]).astype(int)
+    assert image[..., 2].mean() > 200 and image[..., 0].mean() < 30
+    ws.send(json.dumps({"type": "select", "model": "invert"}))
+    assert control_until(ws, "state")["text"] is None
+    ws.send(json.dumps({"type": "text", "text": "a green square"}))
+    assert "model 'invert' takes no text: pick painter" in control_until(ws, "error")["message"]

@@ -91,6 +91,10 @@
       case "state":
         fillSelect($("source"), msg.sources, msg.source);
         fillSelect($("model"), msg.models, msg.model);
+        // A model that takes a sentence (fashiongan) shows the box; another viewer's
+        // sentence replaces ours unless we are typing.
+        $("textbox").hidden = !(msg.text_models || []).includes(msg.model);
+        if (msg.text != null && document.activeElement !== $("text")) $("text").value = msg.text;
         $("viewers").textContent = msg.viewers;
         // Who made the last switch: any viewer can, for everyone.
         $("picked").textContent = msg.picked_by == null ? "–"
@@ -172,6 +176,11 @@
 
   $("source").onchange = (e) => send({ type: "select", source: e.target.value });
   $("model").onchange = (e) => send({ type: "select", model: e.target.value });
+  $("textbox").onsubmit = (e) => {
+    e.preventDefault();
+    send({ type: "text", text: $("text").value });
+    $("text").blur();
+  };
   setInterval(updateCounters, 250);
   setInterval(ping, 5000);
   connect();
