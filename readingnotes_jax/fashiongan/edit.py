@@ -92,11 +92,11 @@ def edit(task: train.Task, state, photo: np.ndarray, labels: np.ndarray, text: s
          seed: int = 0, postprocess: bool = False,
          generation: train.Generation | None = None) -> dict[str, np.ndarray]:
   """{"photo", "labels", "generated_labels", "image"} at the workdir's size (uint8); pass
-  the same `generation` (`train.Generation(task.nets)`) to edit many photos with one compile."""
+  the same `generation` (`train.Generation`) to edit many photos with one compile."""
   size = task.config.data.image_size
   words = task.train_set.vocabulary.encode(text)
   square, square_labels = ccp_fashion.square_resize(photo, labels, size)
-  generation = generation or train.Generation(task.nets)
+  generation = generation or train.Generation(task.nets, task.config.eval.batch_norm)
   variant = next(iter(task.nets.g_image))
   z = lambda stream: train.noise(seed, 10 + stream, 0, (1, model.NOISE_SIZE))
   generated_labels, images = generation(

@@ -24,7 +24,7 @@ def load_restyler(workdir: str, *, segmenter: str, seed: int = 0,
   and skin handling (`compose.demo_postprocess`)."""
   segment = edit.load_segmenter(segmenter)
   task, state = edit.load_workdir(workdir)
-  generation = train.Generation(task.nets)
+  generation = train.Generation(task.nets, task.config.eval.batch_norm)
   vocabulary = task.train_set.vocabulary
 
   def restyle(photo: np.ndarray, text: str) -> dict[str, np.ndarray]:

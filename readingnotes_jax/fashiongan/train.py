@@ -28,12 +28,15 @@ is drawn on the host from (seed, s), U-Net dropout from `fold_in(dropout key, s)
 
 Evaluator "fashion" (`evaluation.py`), after each phase on what exists by then: the design
 coding's attribute accuracy on the test sentences; G_shape's `shape_iou` and
-`category_accuracy`; G_image's `colour_accuracy` and `swd` (x1e3 against the test photos),
-of every G_image variant (the plain one's prefixed "plain_" when compared). Each test photo
-is paired with the sentences of `eval.sentences_per_photo` other test photos (the paper's
-test pairs: a photo with another's description).
+`category_accuracy`; G_image's `colour_accuracy`, `swd` (x1e3 against the test photos) and,
+with Inception weights (`config.fid_weights` or $READINGNOTES_FID_WEIGHTS), `fid` against
+them, of every G_image variant (the plain one's prefixed "plain_" when compared); the
+generators run as `eval.batch_norm` says (`Generation`). Each test photo is paired with the
+sentences of `eval.sentences_per_photo` other test photos (the paper's test pairs: a photo
+with another's description).
 """
 import functools
+import logging
 import pathlib
 from typing import Any
 
@@ -47,7 +50,7 @@ from readingnotes_jax.data import ccp_fashion
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.fashiongan import compose, data as fashion_data, evaluation, losses, model
 from readingnotes_jax.fashiongan import figures as fashion_figures
-from readingnotes_jax.metrics import swd
+from readingnotes_jax.metrics import fid, inception, swd
 from readingnotes_jax.nn import precision
 from readingnotes_jax.training import figures, mesh as mesh_lib, runner
 
@@ -115,10 +118,16 @@ class Networks:
     self.attribute_names = tuple(name for name, _ in attributes)
 
 
-def _adam(config) -> optax.GradientTransformation:
+def gan_learning_rate(config, phase: str) -> float:
+  """`optimizer.learning_rate`, or for the shape phase `optimizer.shape_learning_rate` when > 0."""
+  o = config.optimizer
+  return o.shape_learning_rate if phase == "shape" and o.shape_learning_rate > 0 else o.learning_rate
+
+
+def _adam(config, phase: str) -> optax.GradientTransformation:
   """torch optim.adam of sr1/ih1 train.lua: lr 2e-4, beta1 0.5, beta2 0.999, eps 1e-8."""
   o = config.optimizer
-  return optax.adam(o.learning_rate, b1=o.beta1, b2=o.beta2, eps=1e-8)
+  return optax.adam(gan_learning_rate(config, phase), b1=o.beta1, b2=o.beta2, eps=1e-8)
 
 
 def _coder_tx(config) -> optax.GradientTransformation:
@@ -167,7 +176,14 @@ def gan_step(gan, d_code, real, wrong, g_inputs, d_condition, wrong_condition, g
   """
   rngs = rngs or {}
   g_vars = gan["g"]
-  fake, _ = _apply_bn(generator, g_vars, *g_inputs, rngs=rngs)
+
+  def g_forward(params):
+    return _apply_bn(generator, {"params": params, "batch_stats": g_vars["batch_stats"]},
+                     *g_inputs, rngs=rngs)
+
+  # One G forward serves both steps: its output is D's fake, and its VJP takes the G loss's
+  # gradient (computed with the updated D) back to G's parameters.
+  fake, g_vjp, g_stats = jax.vjp(g_forward, g_vars["params"], has_aux=True)
 
   def d_loss_fn(params):
     stats = gan["d"]["batch_stats"]
@@ -186,16 +202,13 @@ def gan_step(gan, d_code, real, wrong, g_inputs, d_condition, wrong_condition, g
   updates, d_opt = tx.update(d_grads, gan["d_opt"], gan["d"]["params"])
   d_params = optax.apply_updates(gan["d"]["params"], updates)
 
-  def g_loss_fn(params):
-    out, stats = _apply_bn(generator, {"params": params, "batch_stats": g_vars["batch_stats"]},
-                           *g_inputs, rngs=rngs)
+  def g_loss_fn(out):
     fake_logits, _ = _apply_bn(discriminator, {"params": d_params, "batch_stats": d_stats},
                                out, d_code, d_condition)
-    loss, metrics = g_loss(fake_logits, out)
-    return loss, (metrics, stats)
+    return g_loss(fake_logits, out)
 
-  (_, (g_metrics, g_stats)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-      g_vars["params"])
+  (_, g_metrics), out_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+  (g_grads,) = g_vjp(out_grads)
   updates, g_opt = tx.update(g_grads, gan["g_opt"], g_vars["params"])
   new = {"g": {"params": optax.apply_updates(g_vars["params"], updates), "batch_stats": g_stats},
          "d": {"params": d_params, "batch_stats": d_stats}, "g_opt": g_opt, "d_opt": d_opt}
@@ -255,24 +268,43 @@ def _per_sample(module, variables, *inputs, key=None):
   return jax.vmap(one)(keys, *inputs)
 
 
-class Generation:
-  """Jitted inference of the trained networks as the release's demo runs them (`_per_sample`),
-  used by the evaluator, the figures and `fashiongan.edit`: the coder's d, G_shape's
-  segmentation read as demo_full.lua does (`compose.demo_segmentation`), then G_image on it."""
+BATCH_NORM_MODES = ("running", "per_sample")
 
-  def __init__(self, nets: Networks):
+
+def _inference(module, variables, *inputs, batch_norm: str, key=None):
+  """`module` at inference: "running" uses the BatchNorm running averages (no dropout);
+  "per_sample" is `_per_sample` (demo_full.lua's protocol)."""
+  if batch_norm == "per_sample":
+    return _per_sample(module, variables, *inputs, key=key)
+  return module.apply(variables, *inputs, train=False)
+
+
+class Generation:
+  """Jitted inference of the trained networks, used by the evaluator, the figures and
+  `fashiongan.edit`: the coder's d, G_shape's segmentation read as demo_full.lua does
+  (`compose.demo_segmentation`), then G_image on it. `batch_norm` (`config.eval.batch_norm`):
+  "running" (the BatchNorm running averages, as any BatchNorm network is usually run) or
+  "per_sample" (as the release's demo runs its generators: one record at a time in training
+  mode, `_per_sample`; over the 8 x 8 and smaller maps of G_shape and the U-Net's 1 x 1
+  bottleneck one record's statistics remove most of what z and d add)."""
+
+  def __init__(self, nets: Networks, batch_norm: str = "running"):
+    if batch_norm not in BATCH_NORM_MODES:
+      raise UserError(f"eval.batch_norm={batch_norm!r}: use one of {BATCH_NORM_MODES}")
     self.nets = nets
 
     @jax.jit
     def segment(coder_params, g_shape, words, lengths, z, shape_condition):
       d_code = nets.coder.apply({"params": coder_params}, words, lengths)[0]
-      logits = _per_sample(nets.g_shape, g_shape, z, d_code, shape_condition)
+      logits = _inference(nets.g_shape, g_shape, z, d_code, shape_condition,
+                          batch_norm=batch_norm)
       return d_code, compose.demo_segmentation(logits)
 
     @functools.partial(jax.jit, static_argnames="variant")
     def render(g_image, d_code, z, labels, key, *, variant):
-      return _per_sample(nets.g_image[variant], g_image, z, d_code,
-                         compose.colour_condition(labels), compose.region_masks(labels), key=key)
+      return _inference(nets.g_image[variant], g_image, z, d_code,
+                        compose.colour_condition(labels), compose.region_masks(labels),
+                        batch_norm=batch_norm, key=key)
 
     self._segment, self._render = segment, render
 
@@ -323,12 +355,18 @@ class FashionEvaluation:
 
   def __init__(self, task: "Task"):
     self.task = task
-    self.generation = Generation(task.nets)
+    self.generation = Generation(task.nets, task.config.eval.batch_norm)
     test, train = task.test_set, task.train_set
     self.pairs = test_pairs(len(test), task.config.eval.sentences_per_photo, task.config.seed)
     self.classifier = evaluation.CategoryClassifier(train.labels,
                                                     evaluation.lower_group(train.attributes))
     self.last: dict[str, Any] = {}
+    self.fid_path = inception.fid_weights_path(task.config)
+    self._extractor, self._real_features = None, None
+    if self.fid_path is None:
+      logging.warning("FID skipped: no Inception weights (set config.fid_weights or %s to "
+                      "pytorch-fid's %s); SWD is reported", inception.WEIGHTS_ENV,
+                      inception.WEIGHTS_FILE)
     coder = task.nets.coder
     self._coder_heads = jax.jit(lambda p, w, n: coder.apply({"params": p}, w, n)[1])
 
@@ -338,6 +376,18 @@ class FashionEvaluation:
     return {f"coder_accuracy_{name}": float(np.mean(np.argmax(heads[name], -1)
                                                     == test.attributes[:, k]))
             for k, name in enumerate(nets.attribute_names)}
+
+  def _fid(self, images: np.ndarray, reals: np.ndarray) -> float:
+    """FID of generated `images` against the paired test photos `reals` (their features
+    computed once), with the standard FID Inception (`metrics.inception`)."""
+    batch = self.task.config.eval.batch_size
+    if self._extractor is None:
+      self._extractor = inception.inception_extractor(
+          *inception.load_fid_inception(self.fid_path))
+      self._real_features, _ = fid.extract_features(reals, self._extractor, batch)
+    features, _ = fid.extract_features(images, self._extractor, batch)
+    return fid.frechet_distance(*fid.feature_statistics(self._real_features),
+                                *fid.feature_statistics(features))
 
   def generate(self, state, pairs: np.ndarray, variants: list[str], stream: int
                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -391,6 +441,8 @@ class FashionEvaluation:
       if test.images is not None:
         scores[f"{prefix}swd"] = swd.sliced_wasserstein_distance(
             images[v], test.images[photos], seed=task.config.seed, drange=(0, 255))["swd"]
+        if self.fid_path is not None:
+          scores[f"{prefix}fid"] = self._fid(images[v], test.images[photos])
     self.last = {"pairs": self.pairs, "labels": labels, "images": images}
     if variants:
       others = (np.arange(1, 6) % len(test))
@@ -422,7 +474,7 @@ class Task:
     self.nets = Networks(config, len(self.train_set.vocabulary), self.train_set.attribute_sizes)
     self.ends = phase_ends(config)
     self.total = self.ends[-1]
-    self.adam = _adam(config)
+    self.adam = {phase: _adam(config, phase) for phase in PHASES[1:]}
     self.coder_tx = _coder_tx(config)
     self.dropout_key = jax.random.key(config.seed + 1, impl=PRNG_IMPL)
     self._steps: dict[int, Any] = {}
@@ -453,10 +505,10 @@ class Task:
     return {
         "coder": {"params": coder["params"],
                   "opt_state": self.coder_tx.init(coder["params"])},
-        "shape": _gan_state(self.nets.g_shape, self.nets.d_shape, self.adam, ks,
+        "shape": _gan_state(self.nets.g_shape, self.nets.d_shape, self.adam["shape"], ks,
                             (z, d_code, shape_condition), (seg, d_code, shape_condition)),
-        "image": {v: _gan_state(self.nets.g_image[v], self.nets.d_image[v], self.adam, k,
-                                (z, d_code, image, masks), (image, d_code, image))
+        "image": {v: _gan_state(self.nets.g_image[v], self.nets.d_image[v], self.adam["image"],
+                                k, (z, d_code, image, masks), (image, d_code, image))
                   for v, k in zip(self.nets.g_image, ki)},
     }
 
@@ -475,11 +527,13 @@ class Task:
         self._steps[0] = jax.jit(fn, in_shardings=(replicated, sharded),
                                  out_shardings=(replicated, replicated), donate_argnums=(0,))
       elif phase == 1:
-        fn = functools.partial(shape_step, nets=self.nets, tx=self.adam, config=self.config)
+        fn = functools.partial(shape_step, nets=self.nets, tx=self.adam["shape"],
+                               config=self.config)
         self._steps[1] = jax.jit(fn, in_shardings=(replicated, replicated, sharded),
                                  out_shardings=(replicated, replicated), donate_argnums=(0,))
       else:
-        fn = functools.partial(image_step, nets=self.nets, tx=self.adam, config=self.config)
+        fn = functools.partial(image_step, nets=self.nets, tx=self.adam["image"],
+                               config=self.config)
         self._steps[2] = jax.jit(fn, in_shardings=(replicated, replicated, sharded, replicated),
                                  out_shardings=(replicated, replicated), donate_argnums=(0,))
     return self._steps[phase]
@@ -505,7 +559,7 @@ class Task:
                            "wrong_shape_condition", "z"))
       shape, metrics = fn(state["shape"], state["coder"]["params"], batch)
       state = {**state, "shape": shape}
-      lr = self.config.optimizer.learning_rate
+      lr = gan_learning_rate(self.config, "shape")
     else:
       batch = self._batch(step, self.config.batch_size,
                           ("words", "lengths", "labels", "wrong_labels", "image", "wrong_image",
@@ -513,7 +567,7 @@ class Task:
       image, metrics = fn(state["image"], state["coder"]["params"], batch,
                           jax.random.fold_in(self.dropout_key, step))
       state = {**state, "image": image}
-      lr = self.config.optimizer.learning_rate
+      lr = gan_learning_rate(self.config, "image")
     return state, metrics, {"phase": phase, "lr": lr}, position + 1
 
   def evaluators(self) -> dict[str, Any]:
@@ -558,12 +612,12 @@ def summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "shape": runner.step_flops(shape_step, state["shape"], state["coder"]["params"],
                                  {**gan, "shape_condition": condition,
                                   "wrong_shape_condition": condition},
-                                 nets=task.nets, tx=task.adam, config=config),
+                                 nets=task.nets, tx=task.adam["shape"], config=config),
       "image": runner.step_flops(image_step, state["image"], state["coder"]["params"],
                                  {**gan, "image": spec((n, size, size, 3)),
                                   "wrong_image": spec((n, size, size, 3))},
                                  jax.eval_shape(lambda: jax.random.key(0, impl=PRNG_IMPL)),
-                                 nets=task.nets, tx=task.adam, config=config)}
+                                 nets=task.nets, tx=task.adam["image"], config=config)}
   params = {"design_coder": runner.count_params(state["coder"]["params"]),
             "g_shape": runner.count_params(state["shape"]["g"]["params"]),
             "d_shape": runner.count_params(state["shape"]["d"]["params"])}

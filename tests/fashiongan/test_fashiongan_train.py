@@ -103,6 +103,28 @@ def test_each_phase_trains_only_its_networks(fake_data):
     state = new
 
 
+def test_shape_learning_rate_sizes_the_first_adam_step_of_the_shape_phase_only(fake_data):
+  """Adam's first step moves each parameter by lr |g| / (|g| + eps) (bias-corrected moments
+  of one gradient), the learning rate wherever |g| >> eps: G_shape's largest change is
+  `optimizer.shape_learning_rate`, G_image's (the next phase) `optimizer.learning_rate`."""
+  config = _config(**{"optimizer.shape_learning_rate": 1e-3})
+  task = train.Task(config, mesh_lib.make_data_mesh(1))
+  state = jax.device_get(jax.jit(task.init_state)(task.init_key()))
+  for position, part, lr in ((task.ends[0], "shape", 1e-3), (task.ends[1], "image", 2e-4)):
+    new, _, info, _ = task.train_step(state, position, position)
+    assert info["lr"] == lr
+    new = jax.device_get(new)
+    before = state[part]["g"] if part == "shape" else state[part]["compositional"]["g"]
+    after = new[part]["g"] if part == "shape" else new[part]["compositional"]["g"]
+    change = max(float(np.max(np.abs(a - b))) for a, b in
+                 zip(jax.tree.leaves(after["params"]), jax.tree.leaves(before["params"])))
+    # lr / (1 + eps / |g|): lr within float32 rounding for the largest gradients, far above
+    # eps = 1e-8; the change is read as a difference of parameters up to ~1 (BatchNorm
+    # scales), each rounded to half an ulp of 1 (2^-24): atol 2^-23.
+    np.testing.assert_allclose(change, lr, rtol=1e-5, atol=2.0 ** -23)
+    state = new
+
+
 def _bce(logits: np.ndarray, target: float) -> float:
   logits = np.asarray(logits, np.float64)
   p = 1 / (1 + np.exp(-logits))
@@ -314,3 +336,46 @@ def test_stream_processor_restyles_each_frame_with_the_pages_sentence(
   # The same jitted program on the same inputs; 1 level of uint8 for float32 rounding at a
   # .5 boundary of the conversion.
   assert np.abs(out[:256, 256:].astype(int) - right.astype(int)).max() <= 1
+
+
+def _frechet(a: np.ndarray, b: np.ndarray) -> float:
+  """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), float64: tr (S_a S_b)^(1/2) as the
+  sum of the square roots of the eigenvalues of the symmetric S_a^(1/2) S_b S_a^(1/2) (the
+  same as S_a S_b's), which stays exact when a covariance is singular."""
+  mu_a, mu_b = a.mean(0), b.mean(0)
+  s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  w, v = np.linalg.eigh(s_a)
+  root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  trace_root = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ s_b @ root_a), 0, None)))
+  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b) - 2 * trace_root)
+
+
+def test_evaluator_reports_fid_of_the_inception_features_when_weights_are_given(
+    finished_workdir, monkeypatch):
+  """With `fid_weights`, `fid` (and `plain_fid`) is the Frechet distance between the features
+  of the generated images and of the paired test photos; the Inception network is replaced
+  by a stand-in whose features are each image's channel means."""
+  from readingnotes_jax.metrics import inception  # pylint: disable=import-outside-toplevel
+
+  def features(batch):
+    batch = np.asarray(batch, np.float64)
+    return batch.mean((1, 2)), np.zeros((len(batch), 2))
+
+  monkeypatch.setattr(inception, "load_fid_inception", lambda path: (None, None))
+  monkeypatch.setattr(inception, "inception_extractor", lambda net, variables: features)
+  config = runner.read_config(str(finished_workdir))
+  config.fid_weights = "stand-in.npz"
+  task = train.Task(config, mesh_lib.make_data_mesh(1))
+  state, _ = runner.restore_latest(str(finished_workdir), runner.abstract_state(task))
+  evaluator = train.FashionEvaluation(task)
+  scores = evaluator.run(state, step=task.total, position=task.total, final=True)
+  photos = task.test_set.images[evaluator.pairs[:, 0]]
+  scale = lambda images: images.astype(np.float64) / 127.5 - 1  # uint8 -> [-1, 1]
+  for prefix, variant in (("", "compositional"), ("plain_", "plain")):
+    want = _frechet(features(scale(evaluator.last["images"][variant]))[0],
+                    features(scale(photos))[0])
+    # float64; scipy's sqrtm of a singular 3 x 3 product (few distinct images here) is good to
+    # ~sqrt(2^-52) = 1.5e-8 relative, the reference's eigenvalues to ~1e-15.
+    np.testing.assert_allclose(scores[f"{prefix}fid"], want, rtol=1e-6)
+  with pytest.raises(Exception, match="eval.batch_norm='median'"):
+    train.Generation(task.nets, "median")

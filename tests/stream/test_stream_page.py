@@ -53,6 +53,15 @@ def centre_pixel(page) -> list[int]:
   }""")
 
 
+def wait_for_blue_centre(page) -> None:
+  """Until the canvas centre is blue (B > 100, R < 50)."""
+  wait_js(page, """() => {
+    const c = document.getElementById('view');
+    const p = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data;
+    return p[2] > 100 && p[0] < 50;
+  }""")
+
+
 def test_page_streams_switches_source_and_reconnects(browser):
   red, blue = synthetic("red", fps=30, colour=(250, 0, 0)), synthetic("blue", fps=30,
                                                                      colour=(0, 0, 250))
@@ -77,11 +86,7 @@ def test_page_streams_switches_source_and_reconnects(browser):
     assert centre_pixel(page)[0] > 100
     assert page.inner_text("#picked") == "–"  # nobody switched yet
     page.select_option("#source", "blue")
-    wait_js(page, """() => {
-      const c = document.getElementById('view');
-      const p = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data;
-      return p[2] > 100 && p[0] < 50;
-    }""")
+    wait_for_blue_centre(page)
     assert page.inner_text("#picked") == "you"
     with ws_connect(server) as other:  # another viewer's switch names that viewer
       number = control_until(other, "hello")["you"]
@@ -106,11 +111,7 @@ def test_sentence_box_shows_for_a_text_model_and_sends_the_sentence(browser):
     assert centre_pixel(page)[0] > 200
     page.fill("#text", "a blue square")
     page.press("#text", "Enter")
-    wait_js(page, """() => {
-      const c = document.getElementById('view');
-      const p = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data;
-      return p[2] > 200 && p[0] < 50;
-    }""")
+    wait_for_blue_centre(page)
     page.fill("#text", "a mauve square")
     page.press("#text", "Enter")
     wait_js(page, "() => document.getElementById('message').textContent.includes('no colour')")

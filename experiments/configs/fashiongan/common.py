@@ -15,6 +15,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0           # periodic evaluation (0: at the end of each phase).
   c.evals = ("fashion",)           # readingnotes_jax.fashiongan.train.EVALUATORS
   c.xla_cpu_ynn = False
+  # The standard FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth or
+  # an .npz of it); empty: $READINGNOTES_FID_WEIGHTS, else no FID (SWD only).
+  c.fid_weights = ""
 
   c.steps = ml_collections.ConfigDict()
   c.steps.design_coding = 100000   # train_te.py: batch 1, lr 0.01, 0.001 after 50k.
@@ -47,12 +50,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 2e-4  # optimStateG / optimStateD.
+  c.optimizer.shape_learning_rate = 0.0  # > 0: G_shape / D_shape's own (CPU runs).
   c.optimizer.beta1 = 0.5
   c.optimizer.beta2 = 0.999
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 50
   c.eval.sentences_per_photo = 3   # test pairs: each photo with others' sentences.
+  c.eval.batch_norm = "running"    # generators at inference: running | per_sample (the demo's).
 
   c.figures = ml_collections.ConfigDict()
   c.figures.num_photos = 6         # rows of figures/held_out_pairs.png.

@@ -16,6 +16,7 @@ sliding 97 x 97 windows at base size 208 without flips. It has not been timed or
 here.
 """
 from experiments.configs import variants
+from experiments.configs.pspnet import camvid_pspnet50
 from experiments.configs.pspnet.common import VARIANTS, base_config
 
 
@@ -32,17 +33,8 @@ def get_config(arg: str = ""):
 
 
 def runlocal(c) -> None:
-  """CCP at 138 x 208 with 97 x 97 crops, width 32 in bfloat16, 1500 steps."""
+  """camvid_pspnet50's `:runlocal` on photos downscaled by 4 (138 x 208)."""
+  camvid_pspnet50.runlocal(c)
   c.data.image_scale = 1 / 4
-  c.data.crop_size = 97
-  c.model.width = 32
-  c.model.dtype = "bfloat16"
-  c.batch_size = 8
-  c.max_steps = 1500
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 300
   c.eval.base_size = 208
-  c.eval.flip = False
   c.eval.batch_size = 6          # the 2x3 windows of a 138 x 208 image.
-  c.eval_every_steps = 300
-  c.eval.periodic_images = 20
