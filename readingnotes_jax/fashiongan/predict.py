@@ -13,7 +13,7 @@ class Restyler:
   UserError for a sentence the vocabulary cannot read (naming the unknown words);
   `default_text`: the first training sentence."""
   restyle: Callable[[np.ndarray, str], dict[str, np.ndarray]]
-  check_text: Callable[[str], None]
+  check_text: Callable[[str], object]
   default_text: str
 
 
@@ -25,13 +25,9 @@ def load_restyler(workdir: str, *, segmenter: str, seed: int = 0,
   segment = edit.load_segmenter(segmenter)
   task, state = edit.load_workdir(workdir)
   generation = train.Generation(task.nets, task.config.eval.batch_norm)
-  vocabulary = task.train_set.vocabulary
 
   def restyle(photo: np.ndarray, text: str) -> dict[str, np.ndarray]:
     return edit.edit(task, state, photo, segment(photo), text, seed=seed,
                      postprocess=postprocess, generation=generation)
 
-  def check_text(text: str) -> None:
-    vocabulary.encode(text)
-
-  return Restyler(restyle, check_text, task.train_set.sentences[0])
+  return Restyler(restyle, task.train_set.vocabulary.encode, task.train_set.sentences[0])

@@ -42,7 +42,7 @@ class Sentence:
   """The text a processor uses for the next frames; `set` checks it first (`check` raises
   UserError naming what is wrong) and keeps the old text when the check fails."""
 
-  def __init__(self, text: str, check: Callable[[str], None]):
+  def __init__(self, text: str, check: Callable[[str], object]):
     check(text)
     self.text, self._check = text, check
 
