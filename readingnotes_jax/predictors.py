@@ -6,7 +6,9 @@ asked for. A new paper adds its loader here:
 - "generator": `load(workdir) -> (generate(latents) -> images NHWC in [-1, 1], latent_size)`;
 - "segmenter": `load(workdir) -> (predict(image uint8 HWC) -> labels HW, class_names, palette)`;
 - "restyler": `load(workdir, segmenter=DIR) -> Restyler` (restyle(photo, text), check_text,
-  default_text: a person's photo dressed as a sentence says).
+  default_text: a person's photo dressed as a sentence says);
+- "tracker": `load(workdir) -> OnlineTracker` (update(frame uint8 HWC) -> Tracked ids, boxes,
+  scores: the frame's detections with track ids carried from the previous frames).
 """
 import importlib
 from typing import Any
@@ -17,6 +19,7 @@ LOADERS: dict[str, dict[str, str]] = {
     "generator": {"progan": "readingnotes_jax.progan.predict:load_generator"},
     "segmenter": {"pspnet": "readingnotes_jax.pspnet.predict:load_segmenter"},
     "restyler": {"fashiongan": "readingnotes_jax.fashiongan.predict:load_restyler"},
+    "tracker": {"detect_track": "readingnotes_jax.detect_track.predict:load_tracker"},
 }
 
 

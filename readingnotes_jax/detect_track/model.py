@@ -174,12 +174,17 @@ class RFCN(nn.Module):
     test_nms_iou: per-class NMS IoU of `detect` (0.3).
     max_detections_per_class: output slots per class of `detect` (None: every RoI).
     frozen_stages: backbone stages frozen (1: conv1 and res2).
+    stride_in_1x1: stride on a stage's first 1x1 conv (the MSRA Caffe ResNets D&T fine-tunes);
+      False for torchvision's ImageNet ResNets (stride on the 3x3).
+    frozen_bn: every BatchNorm frozen (the official fine-tuning of ImageNet weights); False
+      trains them on batch statistics (a backbone from scratch: without normalization a
+      randomly initialised ResNet's activations grow with depth).
     dtype: compute dtype (parameters float32; losses float32).
     lowering: conv2d lowering, "xla", "matmul" or None (per platform).
 
   `__call__(images [N, H, W, 3], *, train)` returns a dict of maps: res3 [N, H/8, W/8, .],
   res4 and res5 [N, H/16, W/16, .], rpn_logits [N, h, w, A, 2], rpn_deltas [N, h, w, A, 4],
-  cls_maps [N, h, w, (C+1) g^2], box_maps [N, h, w, 8 g^2]. BatchNorm is frozen, so no
+  cls_maps [N, h, w, (C+1) g^2], box_maps [N, h, w, 8 g^2]. With `frozen_bn` no
   `batch_stats` are mutated. Submodules backbone (`ResNet`), rpn, head.
   """
   num_classes: int = 30
@@ -207,6 +212,8 @@ class RFCN(nn.Module):
   test_nms_iou: float = 0.3
   max_detections_per_class: int | None = None
   frozen_stages: int = 1
+  stride_in_1x1: bool = True
+  frozen_bn: bool = True
   dtype: Any = jnp.float32
   lowering: str | None = None
 
@@ -220,8 +227,8 @@ class RFCN(nn.Module):
       raise UserError(f"RFCN needs images [N, H, W, 3], got {images.shape}")
     features = self.head_features or 8 * self.width
     maps = ResNet(layers=self.layers, width=self.width, output_stride=FEATURE_STRIDE,
-                  deep_stem=False, stride_in_1x1=True, outputs=("layer2", "layer3", "layer4"),
-                  frozen_stages=self.frozen_stages, frozen_bn=True, dtype=self.dtype,
+                  deep_stem=False, stride_in_1x1=self.stride_in_1x1, outputs=("layer2", "layer3", "layer4"),
+                  frozen_stages=self.frozen_stages, frozen_bn=self.frozen_bn, dtype=self.dtype,
                   lowering=self.lowering, name="backbone")(images, train=train)
     rpn_logits, rpn_deltas = RPNHead(self.num_anchors, features, dtype=self.dtype,
                                      lowering=self.lowering, name="rpn")(maps["layer3"])
@@ -266,27 +273,29 @@ class DetectTrack(nn.Module):
     return {"detector": maps, "track_maps": track_maps}
 
 
-def parameter_labels(params: Any, frozen_stages: int = 1) -> Any:
+def parameter_labels(params: Any, frozen_stages: int = 1, frozen_bn: bool = True) -> Any:
   """Per parameter "frozen", "weight" or "bias" (Caffe lr_mult 0, 1, 2), for optax.multi_transform.
 
   Frozen: the backbone's stem and stages up to `frozen_stages` (as `ResNet.frozen_stages`)
-  and every BatchNorm scale and shift (the prototxts' lr_mult 0 Scale layers). Give "frozen"
+  and, with `frozen_bn`, every BatchNorm scale and shift (the prototxts' lr_mult 0 Scale
+  layers). Give "frozen"
   `optax.set_to_zero()` (no update and no weight decay) and "bias" twice the learning rate.
   """
   frozen_modules = set(STAGE_NAMES[:frozen_stages + 1])
 
   def label(path, _):
     keys = [getattr(key, "key", None) for key in path]
+    is_bn = any(str(k).startswith(("bn", "downsample_bn")) for k in keys)
     if "backbone" in keys and (keys[keys.index("backbone") + 1] in frozen_modules
-                               or any(str(k).startswith(("bn", "downsample_bn")) for k in keys)):
+                               or (frozen_bn and is_bn)):
       return "frozen"
     return "bias" if keys[-1] == "bias" else "weight"
 
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(params: Any, schedule: SolverSchedule,
-                   frozen_stages: int = 1) -> optax.GradientTransformation:
+def make_optimizer(params: Any, schedule: SolverSchedule, frozen_stages: int = 1,
+                   frozen_bn: bool = True) -> optax.GradientTransformation:
   """Caffe's SGD solver (`sgd_solver.cpp`) over `parameter_labels`, as optax.
 
   Per iteration: gradients averaged over `iter_size` calls (optax.MultiSteps), plus
@@ -302,7 +311,7 @@ def make_optimizer(params: Any, schedule: SolverSchedule,
 
   groups = optax.multi_transform({"frozen": optax.set_to_zero(), "weight": caffe_sgd(1.0),
                                   "bias": caffe_sgd(2.0)},
-                                 parameter_labels(params, frozen_stages))
+                                 parameter_labels(params, frozen_stages, frozen_bn))
   return optax.MultiSteps(groups, schedule.iter_size).gradient_transformation()
 
 

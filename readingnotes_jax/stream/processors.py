@@ -195,3 +195,19 @@ def _fashiongan(checkpoint: str | None, segmenter: str | None = None) -> FrameFn
     raise UserError("--model fashiongan needs --segmenter DIR (a PSPNet workdir trained on "
                     "CCP: experiments/configs/pspnet/ccp_pspnet50.py) for each frame's person")
   return _Restyle(predictors.load("restyler", "fashiongan", checkpoint, segmenter=segmenter))
+
+
+@register("detect_track")
+def _detect_track(checkpoint: str | None) -> FrameFn:
+  """D&T (readingnotes_jax.detect_track): each frame's detections with track ids carried from
+  the previous frames by the RoI tracker (`detect_track.predict.OnlineTracker`)."""
+  if checkpoint is None:
+    raise UserError("--model detect_track needs --checkpoint DIR (a D&T training workdir)")
+  from readingnotes_jax.detect_track import figures  # pylint: disable=import-outside-toplevel
+  tracker = predictors.load("tracker", "detect_track", checkpoint)
+
+  def draw(frame: np.ndarray) -> np.ndarray:
+    tracked = tracker.update(frame)
+    return figures.draw_tracks(frame, tracked.boxes, tracked.ids.tolist())
+
+  return draw

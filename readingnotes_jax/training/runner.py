@@ -250,7 +250,7 @@ def run_evaluators(evaluators: dict[str, Evaluator], state: Any, **kwargs) -> di
 
 
 def _plural(unit: str) -> str:
-  return {"img": "images", "step": "steps"}.get(unit, unit + "s")
+  return {"img": "images", "step": "steps", "pass": "passes"}.get(unit, unit + "s")
 
 
 def _describe(info: dict[str, Any], means: dict[str, float], speed: float, unit: str) -> str:

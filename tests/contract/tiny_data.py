@@ -26,7 +26,7 @@ import scipy.io
 from readingnotes_jax.data import segmentation
 
 SOURCES = ("fashion_mnist", "mnist", "image_folder", "camvid", "ade20k", "cityscapes",
-           "voc2012", "ccp")
+           "voc2012", "ccp", "mot", "imagenet_vid")
 # Source -> folder below `root` (the default folders of locate.py, progan/data.py and
 # pspnet/data.py's DATASETS); voc2012 also writes SBD into `SBD_FOLDER`.
 FOLDERS = {
@@ -38,6 +38,8 @@ FOLDERS = {
     "cityscapes": "cityscapes",
     "voc2012": "VOCdevkit/VOC2012",
     "ccp": "ccp",
+    "mot": "mot15",
+    "imagenet_vid": "ILSVRC2015",
 }
 SBD_FOLDER = "benchmark_RELEASE/dataset"
 
@@ -88,6 +90,10 @@ def write(source: str, root: pathlib.Path, *, seed: int = 0) -> dict[str, object
     return {"data.path": str(folder), "data.sbd_path": str(root / SBD_FOLDER)}
   elif source == "ccp":
     return _write_ccp_with_negatives(folder, root, rng)
+  elif source == "mot":
+    write_mot(folder, rng)
+  elif source == "imagenet_vid":
+    write_vid(folder, rng)
   else:
     {"camvid": _write_camvid, "ade20k": _write_ade20k, "cityscapes": _write_cityscapes}[source](
         folder, rng)
@@ -271,3 +277,86 @@ def _write_voc(folder: pathlib.Path, sbd: pathlib.Path, rng: np.random.Generator
   for split, ids in _SBD_LISTS.items():
     (sbd / f"{split}.txt").write_text("\n".join(ids) + "\n")
 
+
+
+# MOTChallenge sequences ------------------------------------------------------
+
+# Sequence name -> (frames, height, width, people, as a video): the names of D&T's configs.
+MOT_SEQUENCES = {"PETS09-S2L1": (10, 72, 100, 3, False), "TUD-Stadtmitte": (6, 60, 80, 2, True)}
+
+
+def write_mot(folder: pathlib.Path, rng: np.random.Generator) -> None:
+  """Sequences of dark rectangles ("people") walking over a noisy background, in the
+  MOTChallenge layout: seqinfo.ini, gt/gt.txt (MOT15's 10 fields), frames in img1/ or, for
+  the second sequence, one MJPG .avi."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  for name, (count, height, width, people, as_video) in MOT_SEQUENCES.items():
+    seq = folder / name
+    (seq / "gt").mkdir(parents=True, exist_ok=True)
+    start = rng.uniform([0, 0], [width - 20, height - 30], (people, 2))
+    speed = rng.uniform(-2, 2, (people, 2))
+    size = rng.uniform([10, 20], [16, 28], (people, 2))
+    lines, frames = [], []
+    for t in range(count):
+      image = _noisy(np.full((height, width, 3), 170, np.uint8), rng)
+      for k in range(people):
+        x, y = np.clip(start[k] + t * speed[k], 0, [width - size[k, 0], height - size[k, 1]])
+        w, h = size[k]
+        image[int(y):int(y + h), int(x):int(x + w)] = _COLORS[k % len(_COLORS)] // 3
+        lines.append(f"{t + 1},{k + 1},{x + 1:.2f},{y + 1:.2f},{w:.2f},{h:.2f},1,-1,-1,-1")
+      frames.append(image)
+    (seq / "gt" / "gt.txt").write_text("\n".join(lines) + "\n")
+    (seq / "seqinfo.ini").write_text(
+        f"[Sequence]\nname={name}\nimDir=img1\nframeRate=10\nseqLength={count}\n"
+        f"imWidth={width}\nimHeight={height}\nimExt=.jpg\n")
+    if as_video:
+      writer = cv2.VideoWriter(str(seq / f"{name}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10,
+                               (width, height))
+      for image in frames:
+        writer.write(image[..., ::-1].copy())
+      writer.release()
+    else:
+      for t, image in enumerate(frames):
+        _save_rgb(seq / "img1" / f"{t + 1:06d}.jpg", image)
+
+
+# ImageNet VID (ILSVRC2015 layout) ---------------------------------------------
+
+VID_HEIGHT, VID_WIDTH = 60, 84
+# Split -> {video: frames}; two classes (airplane, zebra) per video.
+VID_VIDEOS = {"train": {"ILSVRC2015_VID_train_0000/ILSVRC2015_train_00000000": 6,
+                        "ILSVRC2015_VID_train_0000/ILSVRC2015_train_00000001": 5},
+              "val": {"ILSVRC2015_val_00000000": 4, "ILSVRC2015_val_00000001": 3}}
+VID_WNIDS = ("n02691156", "n02391049")
+
+
+def write_vid(root: pathlib.Path, rng: np.random.Generator) -> None:
+  """Videos of two moving rectangles (an airplane, a zebra) with XML annotations (pixel-
+  inclusive corners, track ids), ImageSets/VID/train_1.txt and val.txt."""
+  val_lines = []
+  for split, videos in VID_VIDEOS.items():
+    for video, count in videos.items():
+      start = rng.uniform([0, 0], [VID_WIDTH - 30, VID_HEIGHT - 24], (2, 2))
+      speed = rng.uniform(-2, 2, (2, 2))
+      for t in range(count):
+        image = _noisy(np.full((VID_HEIGHT, VID_WIDTH, 3), 150, np.uint8), rng)
+        objects = []
+        for k, wnid in enumerate(VID_WNIDS):
+          x, y = np.clip(start[k] + t * speed[k], 0, [VID_WIDTH - 26, VID_HEIGHT - 20]).astype(int)
+          image[y:y + 20, x:x + 26] = _COLORS[k] // 2
+          objects.append(f"<object><trackid>{k}</trackid><name>{wnid}</name><bndbox>"
+                         f"<xmax>{x + 25}</xmax><xmin>{x}</xmin><ymax>{y + 19}</ymax>"
+                         f"<ymin>{y}</ymin></bndbox><occluded>0</occluded>"
+                         "<generated>0</generated></object>")
+        name = f"{video}/{t:06d}"
+        _save_rgb(root / "Data" / "VID" / split / f"{name}.JPEG", image)
+        xml = root / "Annotations" / "VID" / split / f"{name}.xml"
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        xml.write_text(f"<annotation><size><width>{VID_WIDTH}</width><height>{VID_HEIGHT}"
+                       f"</height></size>{''.join(objects)}</annotation>\n")
+        if split == "val":
+          val_lines.append(f"{name} {len(val_lines) + 1}")
+  lists = root / "ImageSets" / "VID"
+  lists.mkdir(parents=True, exist_ok=True)
+  (lists / "train_1.txt").write_text("".join(f"{v} 1\n" for v in VID_VIDEOS["train"]))
+  (lists / "val.txt").write_text("\n".join(val_lines) + "\n")

@@ -1,0 +1,113 @@
+"""detect_track.data: MOT boxes in Caffe's convention, prep_im_for_blob's resizing, the pair
+stream as a function of (seed, position), on tiny generated MOTChallenge sequences."""
+import importlib.util
+import pathlib
+
+import ml_collections
+import numpy as np
+import pytest
+
+from readingnotes_jax.detect_track import data as dt_data
+from readingnotes_jax.errors import UserError
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _tiny_data():
+  spec = importlib.util.spec_from_file_location("tiny_data", ROOT / "tests/contract/tiny_data.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def mot_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mot")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("READINGNOTES_CACHE", str(root / "cache"))
+    path = _tiny_data().write("mot", root)["data.path"]
+    yield pathlib.Path(path)
+
+
+def _config(path, **data):
+  c = ml_collections.ConfigDict({
+      "seed": 3,
+      "data": {"path": str(path), "tau": 1, "train_scales": (40, 56), "max_size": 96,
+               "image_size": (64, 96), "flip": True, "max_boxes": 8, **data}})
+  return c
+
+
+def test_mot_boxes_become_pixel_inclusive_corners(mot_root):
+  """gt.txt (left, top, width, height), 1-based -> (left - 1, top - 1, left + width - 2,
+  top + height - 2), read back from the generated file itself."""
+  frames = dt_data.Frames(mot_root / "PETS09-S2L1")
+  first = (mot_root / "PETS09-S2L1/gt/gt.txt").read_text().splitlines()[0].split(",")
+  left, top, width, height = map(float, first[2:6])
+  np.testing.assert_allclose(frames.boxes[0][0], [left - 1, top - 1, left + width - 2,
+                                                  top + height - 2], atol=1e-4)
+  assert frames.track_ids[0][0] == int(first[1])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_prepare_scales_flips_and_pads(flip):
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  boxes = np.array([[0, 0, 9, 19], [30, 10, 59, 39]], np.float32)
+  p = dt_data.prepare(image, boxes, scale=20, max_size=1000, canvas=(32, 48), flip=flip)
+  # Short side 40 -> 20: factor 0.5, image 20 x 30 at the top left of the canvas.
+  assert p.factor == 0.5 and p.size == (20, 30)
+  expected = np.minimum(boxes * 0.5, [29, 19, 29, 19])  # boxes * im_scale, clipped (py-R-FCN)
+  if flip:  # x -> width - 1 - x, corners swapped.
+    expected = np.stack([29 - expected[:, 2], expected[:, 1], 29 - expected[:, 0],
+                         expected[:, 3]], 1)
+  np.testing.assert_allclose(p.boxes, expected)
+  assert p.image.shape == (32, 48, 3) and not p.image[20:].any() and not p.image[:, 30:].any()
+  # The long side caps the factor (max_size), and so does the canvas.
+  assert dt_data.prepare(image, boxes, scale=40, max_size=30, canvas=(64, 96)).factor == 0.5
+  assert dt_data.prepare(image, boxes, scale=80, max_size=1000, canvas=(40, 96)).factor == 1.0
+
+
+def test_pairs_are_a_function_of_seed_and_position(mot_root):
+  config = _config(mot_root)
+  frames = dt_data.Frames(mot_root / "PETS09-S2L1")
+  stream = dt_data.PairStream(frames, config)
+  # Ten frames of one sequence: pairs (t, t + 1) for t = 0..8.
+  np.testing.assert_array_equal(stream.pairs, np.stack([np.arange(9), np.arange(1, 10)], 1))
+  whole = stream.batch(4, 4)
+  again = dt_data.PairStream(dt_data.Frames(mot_root / "PETS09-S2L1"), config).batch(4, 4)
+  for key, value in whole.items():
+    np.testing.assert_array_equal(value, again[key])
+    # Process 1 of 2 reads the second half of the same global batch.
+    np.testing.assert_array_equal(stream.batch(4, 4, 1, 2)[key], value[2:])
+  assert whole["frames"].shape == (4, 2, 64, 96, 3)
+  # A pair's frames share their scale, and each person keeps its id across the two frames.
+  np.testing.assert_array_equal(whole["image_scales"][:, 0], whole["image_scales"][:, 1])
+  ids = whole["gt_ids"]
+  assert (np.sort(ids[:, 0], axis=1) == np.sort(ids[:, 1], axis=1)).all()
+  reseeded = _config(mot_root)
+  reseeded.seed = 4
+  other = dt_data.PairStream(frames, reseeded).batch(4, 4)
+  assert not np.array_equal(other["frames"], whole["frames"])
+
+
+def test_missing_sequence_is_one_clear_error(mot_root, tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    dt_data.sequence_dir(_config(mot_root), "MOT17-02")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="not a MOTChallenge sequence"):
+    dt_data.Frames(tmp_path / "empty")
+
+
+def test_prepare_crops_a_larger_image_to_the_canvas():
+  """Scale 80 makes the 40 x 60 image 80 x 120; the canvas (32, 48) keeps the window at
+  (u, v) = (0.5, 0.25) of the room left: rows 24..55, columns 18..65."""
+  image = np.zeros((40, 60, 3), np.uint8)
+  boxes = np.array([[10, 14, 19, 21], [0, 0, 7, 7], [20, 10, 29, 19]], np.float32)
+  p = dt_data.prepare(image, boxes, scale=80, max_size=1000, canvas=(32, 48), crop=(0.5, 0.25))
+  assert p.factor == 2.0 and p.size == (32, 48)
+  # Box 0 -> (20, 28, 38, 42) - (18, 24): fully inside. Box 1 -> (0, 0, 14, 14): outside the
+  # window, kept False. Box 2 -> (40, 20, 58, 38) - (18, 24) = (22, -4, 40, 14): 15 of its 19
+  # rows inside (more than half), clipped at the top.
+  np.testing.assert_allclose(p.boxes[0], [2, 4, 20, 18])
+  np.testing.assert_allclose(p.boxes[2], [22, 0, 40, 14])
+  np.testing.assert_array_equal(p.keep, [True, False, True])
