@@ -25,7 +25,7 @@ from jupyter_client.manager import KernelManager
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 # Figures each notebook draws (outputs with an image/png).
-FIGURES = {"fashiongan.ipynb": 3, "interpretable_cnn.ipynb": 4, "progan.ipynb": 3,
+FIGURES = {"detect_track.ipynb": 3, "fashiongan.ipynb": 3, "interpretable_cnn.ipynb": 4, "progan.ipynb": 3,
            "pspnet.ipynb": 2}
 CELL_TIMEOUT_S = 600  # One cell; a whole notebook takes 1-2 min on a 2-core CPU.
 KERNEL_NAME = "readingnotes-jax-tests"
