@@ -17,7 +17,7 @@ stride_2; the sum divided by kernel_size**2 * C). When stride_2 does not divide
 max_displacement the largest displacement is R * stride_2 < d while the border stays d,
 as there.
 
-Two formulations compute it (`method`):
+Three formulations compute it (`method`):
 
 - ``"conv"`` (the design card's): per displacement row, the K horizontal shifts of
   x_tau extracted with `jax.lax.conv_general_dilated_patches` (a grouped convolution
@@ -29,14 +29,18 @@ Two formulations compute it (`method`):
   j*s1 + 0, 1, ...). It does (Wb / K) times the multiply-adds (res4: 79 / 17) but as
   dense products.
 
-Measured with benchmarks/correlation.py on this CPU (2 cores shared with other jobs, load
-average ~7), res4-like [1, 38, 63, 1024], d 8, strides 1/1, one run each, seconds wall /
-process CPU: "matmul" forward 0.50 / 0.24, forward+backward 1.76 / 0.91; "conv" forward
-12.8 / 7.4, forward+backward 46.6 / 33.1 (channels moved to the batch and a 1 -> K one-hot
-`conv_general_dilated` instead: 8.2 CPU-s forward; a plain shifted-slice einsum per
-displacement: ~12 s wall forward). res3-like [1, 76, 126, 512], strides 2/2: "matmul"
-0.15 / 0.51 CPU-s. `method=None` takes "matmul" on CPU and the design card's "conv"
-elsewhere (not yet measured on an accelerator).
+- ``"blocked"``: `BLOCK_ROWS` output rows at a time, one product of their centres with
+  every x_tau pixel they can reach (all K x K displacements), the band read off both axes
+  with the same reshape. More multiply-adds than "matmul" ((Lr / K) (Wb / K): res4 2.4 x
+  3.2) in far fewer, larger products.
+
+Measured with benchmarks/correlation.py on the idle 2-core Intel Xeon (Sapphire Rapids),
+res4 [1, 38, 38, 1024], d 8, strides 1/1, best of 5, forward / forward+backward seconds:
+"blocked" 0.028 / 0.064 (8 rows a block; 4 rows 0.052 / 0.083, 19 rows 0.023 / 0.070),
+"matmul" 0.088 / 0.234, "conv" 2.26 / 8.03; a plain PyTorch shift-multiply-mean loop
+0.306 / 1.20. Forward+backward, "blocked" / "matmul" at res3 [1, 76, 76, 512] strides 2/2:
+0.085 / 0.114 s; res5 [1, 38, 38, 2048]: 0.12 / 0.53 s. `method=None` takes "blocked" on
+CPU and the design card's "conv" elsewhere (not yet measured on an accelerator).
 """
 import functools
 
@@ -45,12 +49,13 @@ import jax.numpy as jnp
 
 from readingnotes_jax.errors import UserError
 
-METHODS = ("conv", "matmul")
+METHODS = ("conv", "matmul", "blocked")
+BLOCK_ROWS = 8  # output rows per product of the "blocked" method
 
 
 def default_method() -> str:
-  """"matmul" on CPU (~30x faster there, module docstring), "conv" on GPU and TPU."""
-  return "matmul" if jax.default_backend() == "cpu" else "conv"
+  """"blocked" on CPU (the fastest there, module docstring), "conv" on GPU and TPU."""
+  return "blocked" if jax.default_backend() == "cpu" else "conv"
 
 
 def correlation_output_size(size: int, max_displacement: int = 8, stride1: int = 1,
@@ -71,7 +76,7 @@ def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
     stride1: subsampling of the output positions.
     stride2: spacing of the displacements: a (2*(d // stride2) + 1)**2 grid.
     padding: zeros added on each side of both inputs.
-    method: "conv", "matmul", or None for `default_method()`.
+    method: "conv", "matmul", "blocked", or None for `default_method()`.
     precision: passed to the channel contractions (e.g. HIGHEST for full float32
       products on TPU/GPU, whose default may round operands).
 
@@ -103,6 +108,9 @@ def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
   centres = jax.lax.slice(xt_pad, (0, d, d, 0),
                           (n, d + (out_h - 1) * s1 + 1, d + (out_w - 1) * s1 + 1, c),
                           (1, s1, s1, 1))
+  if method == "blocked":
+    out = _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, BLOCK_ROWS)
+    return (out / c).astype(x_t.dtype)
   geometry = (d, s1, s2, out_h, out_w, precision)
   row = _row_conv if method == "conv" else _row_matmul
   k = 2 * (d // s2) + 1
@@ -161,3 +169,43 @@ def _row_conv(centres, rows, d, s1, s2, out_h, out_w, precision):
   shifts = shifts.reshape(n, out_h, out_w, c, k)  # channel-major patch features
   return jnp.einsum("nijc,nijck->nijk", centres, shifts, precision=precision,
                     preferred_element_type=_accumulation(centres.dtype))
+
+
+def _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, block_rows):
+  """All K x K displacements of `block_rows` output rows at a time: [N, out_h, out_w, K*K].
+
+  Block b's centres (r rows of out_w) times every x_tau pixel of the window they can reach
+  (rows top_b .. top_b + Lr - 1, top_b = d - R*s2 + b*r*s1, Lr = (r-1)*s1 + 2R*s2 + 1;
+  the Wb columns of `_displaced_rows`) in one product [r*out_w, Lr*Wb]; centre row i meets
+  displacement row ky at window row i*s1 + ky*s2 and column j, kx at j*s1 + kx*s2, so the
+  output is read off both axes with `_row_matmul`'s reshape (rows of Lr + s1, then of
+  Wb + s1). It does (Lr / K) (Wb / K) times the multiply-adds in a few large products.
+  """
+  n, _, _, c = centres.shape
+  radius = d // s2
+  k = 2 * radius + 1
+  r = min(block_rows, out_h)
+  blocks = -(-out_h // r)
+  span, width = (r - 1) * s1 + 2 * radius * s2 + 1, (out_w - 1) * s1 + 2 * radius * s2 + 1
+  left = d - radius * s2
+  bottom = left + (blocks - 1) * r * s1 + span
+  zero = jnp.zeros((), centres.dtype)
+  xtau_pad = jax.lax.pad(xtau_pad, zero, ((0, 0, 0), (0, max(0, bottom - xtau_pad.shape[1]), 0),
+                                           (0, 0, 0), (0, 0, 0)))
+  windows = jnp.stack([
+      jax.lax.slice(xtau_pad, (0, left + b * r * s1, left, 0), (n, left + b * r * s1 + span,
+                                                                left + width, c))
+      for b in range(blocks)], axis=1).reshape(n, blocks, span * width, c)
+  centres = jax.lax.pad(centres, zero, ((0, 0, 0), (0, blocks * r - out_h, 0), (0, 0, 0),
+                                        (0, 0, 0))).reshape(n, blocks, r * out_w, c)
+  products = jnp.einsum("nbmc,nbzc->nbmz", centres, windows, precision=precision,
+                        preferred_element_type=_accumulation(centres.dtype))
+  products = products.reshape(n, blocks, r, out_w, span, width).transpose(0, 1, 2, 4, 3, 5)
+  pad = lambda x, axis, size: jax.lax.pad(x, jnp.zeros((), x.dtype), tuple(
+      (0, size if a == axis else 0, 0) for a in range(x.ndim)))
+  rows = pad(products.reshape(n, blocks, r * span, out_w, width), 2, r * s1)
+  rows = rows.reshape(n, blocks, r, span + s1, out_w, width)[:, :, :, :2 * radius * s2 + 1:s2]
+  cols = pad(rows.reshape(n, blocks, r, k, out_w * width), 4, out_w * s1)
+  cols = cols.reshape(n, blocks, r, k, out_w, width + s1)[..., :2 * radius * s2 + 1:s2]
+  out = cols.transpose(0, 1, 2, 4, 3, 5).reshape(n, blocks * r, out_w, k * k)
+  return out[:, :out_h]
