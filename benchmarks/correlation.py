@@ -4,9 +4,15 @@ Shape: [1, 38, 63, 1024] (res4 of a 600 x 1000 image), max_displacement 8, strid
 padding 8: 289 output channels. Useful work: 2 * N * H_out * W_out * K^2 * C flops
 forward, three times that forward+backward. Prints one JSON line with the best wall and
 process-CPU seconds of each method (CPU seconds are less sensitive to other processes on
-a shared machine; the load averages tell whether there were any), and the peer
-`spatial-correlation-sampler` (PyTorch, raw sums) when it is importable; the line starts
-with the CPU's model and flags (`common.machine_description`).
+a shared machine; the load averages tell whether there were any), the plain PyTorch loop
+(shift, multiply, mean over channels, once per displacement: `torch_detect_track.correlation`)
+and the peer `spatial-correlation-sampler` (PyTorch, raw sums) when it is importable; the
+line starts with the CPU's model and flags (`common.machine_description`).
+
+The layer's limit on this machine, measured in the same run: its FLOPs at the rate of one
+large float32 matmul (XLA), or its bytes (two inputs read, the output written; forward+
+backward: the output's gradient read and two input gradients written as well) at the rate
+of an array copy, whichever is slower.
 
   python -m benchmarks.correlation [--repeats 3] [--methods matmul,conv]
 """
@@ -39,6 +45,32 @@ def _peer_seconds(shape, d, s1, s2, pad, repeats):
           for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd))}
 
 
+def _torch_loop_seconds(shape, d, s1, s2, pad, repeats):
+  """The plain PyTorch loop (benchmarks/torch_detect_track.py), strides equal, padding d."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from benchmarks import torch_detect_track  # pylint: disable=import-outside-toplevel
+  if s1 != s2 or pad != d:
+    return None
+  n, h, w, c = shape
+  a = torch.randn(n, c, h, w, requires_grad=True)
+  b = torch.randn(n, c, h, w, requires_grad=True)
+  fwd = lambda: torch_detect_track.correlation(a, b, d, s1)
+  fwd_bwd = lambda: torch_detect_track.correlation(a, b, d, s1).sin().sum().backward()
+  return {name: common.seconds(fn, repeats=repeats)
+          for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd))}
+
+
+def _machine_rates(repeats):
+  """(float32 matmul FLOP/s, copy bytes/s) measured with XLA on this machine."""
+  a = jnp.ones((2048, 2048), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  flop_rate = 2 * 2048 ** 3 / common.seconds(matmul, a, repeats=repeats)[0]
+  big = jnp.ones((64 * 2 ** 20,), jnp.float32)  # 256 MB, beyond the caches
+  copy = jax.jit(lambda x: x + 1)
+  byte_rate = 2 * big.size * 4 / common.seconds(copy, big, repeats=repeats)[0]
+  return flop_rate, byte_rate
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
@@ -67,6 +99,23 @@ def main() -> None:
       result[f"{method}_{name}_s"] = round(wall, 4)
       result[f"{method}_{name}_cpu_s"] = round(cpu, 4)
       result[f"{method}_{name}_gflops"] = round(work / wall / 1e9, 2)
+  flop_rate, byte_rate = _machine_rates(args.repeats)
+  inputs, outputs = 2 * n * h * w * c * 4, n * out_h * out_w * k * k * 4
+  for name, work, moved in (("fwd", flops, inputs + outputs),
+                            ("fwd_bwd", 3 * flops, 2 * (inputs + outputs))):
+    limit = max(work / flop_rate, moved / byte_rate)
+    result[f"limit_{name}_s"] = round(limit, 5)
+    for method in args.methods.split(","):
+      result[f"{method}_{name}_over_limit"] = round(result[f"{method}_{name}_s"] / limit, 2)
+  result["matmul_gflops"], result["copy_gbytes_per_s"] = round(flop_rate / 1e9, 1), round(
+      byte_rate / 1e9, 1)
+  loop = _torch_loop_seconds(shape, d, s1, s2, pad, args.repeats)
+  if loop is not None:
+    for name, (wall, cpu) in loop.items():
+      result[f"torch_loop_{name}_s"] = round(wall, 4)
+      for method in args.methods.split(","):
+        result[f"{method}_{name}_speedup_vs_torch_loop"] = round(
+            wall / result[f"{method}_{name}_s"], 2)
   peer = _peer_seconds(shape, d, s1, s2, pad, args.repeats)
   if peer is None:
     result["peer"] = "spatial-correlation-sampler not importable"
