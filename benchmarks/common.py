@@ -1,5 +1,6 @@
 """What the benchmarks share: the machine's description and a best-of-N timer."""
 import os
+import statistics
 import time
 
 import jax
@@ -27,3 +28,20 @@ def seconds(fn, *args, repeats: int) -> tuple[float, float]:
     wall = min(wall, time.perf_counter() - start)
     cpu = min(cpu, time.process_time() - start_cpu)
   return wall, cpu
+
+
+def alternating_medians(runs: dict, rounds: int) -> dict[str, float]:
+  """Median seconds of each `runs[name]()` over `rounds` rounds after one warm-up call each,
+  the order reversed every other round (so neither side always runs on a warm cache)."""
+  def timed(fn) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+  for fn in runs.values():
+    timed(fn)  # warm-up (compiles ours)
+  seconds = {name: [] for name in runs}
+  for r in range(rounds):
+    for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+      seconds[name].append(timed(runs[name]))
+  return {name: statistics.median(s) for name, s in seconds.items()}

@@ -24,8 +24,6 @@ import argparse
 import functools
 import json
 import os
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -106,12 +104,6 @@ def peer(x: dict[str, np.ndarray], bfloat16: bool):
   return run, sum(p.numel() for p in net.parameters())
 
 
-def timed(fn) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--rounds", type=int, default=3)
@@ -132,13 +124,7 @@ def main() -> None:
   if params["ours"] != params["torch"]:
     raise SystemExit(f"parameter counts differ, ours {params['ours']} vs torch "
                      f"{params['torch']}: the peer is not the same network")
-  for fn in runs.values():
-    timed(fn)  # warm-up (compiles ours)
-  seconds = {name: [] for name in runs}
-  for r in range(args.rounds):
-    for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-      seconds[name].append(timed(runs[name]))
-  median = {name: statistics.median(s) for name, s in seconds.items()}
+  median = common.alternating_medians(runs, args.rounds)
   result = {"benchmark": "dt_step", **machine, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "height": args.height,
             "width": args.width, "params": params["ours"], "seconds": median,

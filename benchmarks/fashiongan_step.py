@@ -26,8 +26,6 @@ import argparse
 import functools
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -152,12 +150,6 @@ def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int):
   return run, {"g": torch_fashiongan.count(g), "d": torch_fashiongan.count(d)}
 
 
-def timed(fn) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--rounds", type=int, default=5)
@@ -180,13 +172,7 @@ def main() -> None:
     if params["ours"] != params["torch"]:
       raise SystemExit(f"{stage}: parameter counts differ, ours {params['ours']} vs torch "
                        f"{params['torch']}: the peer is not the same network")
-    for fn in runs.values():
-      timed(fn)  # warm-up (compiles ours)
-    seconds = {name: [] for name in runs}
-    for r in range(args.rounds):
-      for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-        seconds[name].append(timed(runs[name]))
-    median = {name: statistics.median(s) for name, s in seconds.items()}
+    median = common.alternating_medians(runs, args.rounds)
     result["stages"][stage] = {
         "params": params["ours"], "seconds": median,
         "ours_runs_as": {"bfloat16": str(jnp.dtype(precision.compute_dtype("bfloat16")))},

@@ -39,7 +39,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from readingnotes_jax.data import mot
 from readingnotes_jax.detect_track import data as dt_data
 from readingnotes_jax.detect_track import figures as dt_figures
 from readingnotes_jax.detect_track import linking

@@ -16,7 +16,6 @@ from experiments.configs.detect_track import mot_dt_resnet50
 from readingnotes_jax.detect_track import data as dt_data
 from readingnotes_jax.detect_track import train as dt_train
 from readingnotes_jax.training import mesh as mesh_lib, runner
-from readingnotes_jax.training.checkpoint import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "experiments/configs/detect_track/mot_dt_resnet50.py"
