@@ -28,18 +28,16 @@ Three formulations compute it (`method`):
   (read off with a reshape: row j of the product padded to width Wb + s1 holds columns
   j*s1 + 0, 1, ...). It does (Wb / K) times the multiply-adds (res4: 79 / 17) but as
   dense products.
-
-- ``"blocked"``: `BLOCK_ROWS` output rows at a time, one product of their centres with
-  every x_tau pixel they can reach (all K x K displacements), the band read off both axes
-  with the same reshape. More multiply-adds than "matmul" ((Lr / K) (Wb / K): res4 2.4 x
-  3.2) in far fewer, larger products.
+- ``"blocked"``: a block of up to 19 x 19 output positions at a time (`BLOCK`), one
+  product of their centres with every x_tau pixel they can reach (all K x K
+  displacements), the band read off both axes with the same reshape. More multiply-adds
+  than needed ((Lr / K) (Lq / K): res4 2.1 x 2.1) in a few large products.
 
 Measured with benchmarks/correlation.py on the idle 2-core Intel Xeon (Sapphire Rapids),
 res4 [1, 38, 38, 1024], d 8, strides 1/1, best of 5, forward / forward+backward seconds:
-"blocked" 0.028 / 0.064 (8 rows a block; 4 rows 0.052 / 0.083, 19 rows 0.023 / 0.070),
-"matmul" 0.088 / 0.234, "conv" 2.26 / 8.03; a plain PyTorch shift-multiply-mean loop
-0.306 / 1.20. Forward+backward, "blocked" / "matmul" at res3 [1, 76, 76, 512] strides 2/2:
-0.085 / 0.114 s; res5 [1, 38, 38, 2048]: 0.12 / 0.53 s. `method=None` takes "blocked" on
+"blocked" 0.022 / 0.041-0.044 (blocks of 8 rows x 38 columns 0.025 / 0.063, 13 x 13
+0.033 / 0.059, 38 x 38 0.026 / 0.080), "matmul" 0.083 / 0.228, "conv" 2.26 / 8.03; a plain
+PyTorch shift-multiply-mean loop 0.30 / 1.43. `method=None` takes "blocked" on
 CPU and the design card's "conv" elsewhere (not yet measured on an accelerator).
 """
 import functools
@@ -50,7 +48,9 @@ import jax.numpy as jnp
 from readingnotes_jax.errors import UserError
 
 METHODS = ("conv", "matmul", "blocked")
-BLOCK_ROWS = 8  # output rows per product of the "blocked" method
+# The "blocked" method's largest block of output rows and columns; each axis is split into
+# the fewest blocks of at most this size, of equal size (res4's 38 -> 2 x 19).
+BLOCK = (19, 19)
 
 
 def default_method() -> str:
@@ -109,7 +109,7 @@ def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
                           (n, d + (out_h - 1) * s1 + 1, d + (out_w - 1) * s1 + 1, c),
                           (1, s1, s1, 1))
   if method == "blocked":
-    out = _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, BLOCK_ROWS)
+    out = _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, BLOCK)
     return (out / c).astype(x_t.dtype)
   geometry = (d, s1, s2, out_h, out_w, precision)
   row = _row_conv if method == "conv" else _row_matmul
@@ -171,41 +171,46 @@ def _row_conv(centres, rows, d, s1, s2, out_h, out_w, precision):
                     preferred_element_type=_accumulation(centres.dtype))
 
 
-def _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, block_rows):
-  """All K x K displacements of `block_rows` output rows at a time: [N, out_h, out_w, K*K].
+def _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, block):
+  """All K x K displacements of a block of output positions at a time: [N, out_h, out_w, K*K].
 
-  Block b's centres (r rows of out_w) times every x_tau pixel of the window they can reach
-  (rows top_b .. top_b + Lr - 1, top_b = d - R*s2 + b*r*s1, Lr = (r-1)*s1 + 2R*s2 + 1;
-  the Wb columns of `_displaced_rows`) in one product [r*out_w, Lr*Wb]; centre row i meets
-  displacement row ky at window row i*s1 + ky*s2 and column j, kx at j*s1 + kx*s2, so the
-  output is read off both axes with `_row_matmul`'s reshape (rows of Lr + s1, then of
-  Wb + s1). It does (Lr / K) (Wb / K) times the multiply-adds in a few large products.
+  Block (b, e) holds r x q output positions (each axis split evenly into blocks of at most
+  `block`); its centres times every x_tau
+  pixel they can reach (a window of Lr x Lq pixels, Lr = (r-1)*s1 + 2R*s2 + 1, Lq likewise,
+  starting at d - R*s2 + (b*r*s1, e*q*s1)) is one product [r*q, Lr*Lq]. Centre (i, j) meets
+  displacement (ky, kx) at window pixel (i*s1 + ky*s2, j*s1 + kx*s2), so the output is read
+  off each axis with `_row_matmul`'s reshape (rows of Lr + s1, then of Lq + s1). It does
+  (Lr / K) (Lq / K) times the multiply-adds in a few large products.
   """
   n, _, _, c = centres.shape
   radius = d // s2
   k = 2 * radius + 1
-  r = min(block_rows, out_h)
-  blocks = -(-out_h // r)
-  span, width = (r - 1) * s1 + 2 * radius * s2 + 1, (out_w - 1) * s1 + 2 * radius * s2 + 1
-  left = d - radius * s2
-  bottom = left + (blocks - 1) * r * s1 + span
+  nb, ne = -(-out_h // block[0]), -(-out_w // block[1])
+  r, q = -(-out_h // nb), -(-out_w // ne)
+  span_r, span_q = (r - 1) * s1 + 2 * radius * s2 + 1, (q - 1) * s1 + 2 * radius * s2 + 1
+  first = d - radius * s2
   zero = jnp.zeros((), centres.dtype)
-  xtau_pad = jax.lax.pad(xtau_pad, zero, ((0, 0, 0), (0, max(0, bottom - xtau_pad.shape[1]), 0),
-                                           (0, 0, 0), (0, 0, 0)))
+  grow = lambda size, used: max(0, used - size)
+  xtau_pad = jax.lax.pad(xtau_pad, zero, (
+      (0, 0, 0), (0, grow(xtau_pad.shape[1], first + (nb - 1) * r * s1 + span_r), 0),
+      (0, grow(xtau_pad.shape[2], first + (ne - 1) * q * s1 + span_q), 0), (0, 0, 0)))
   windows = jnp.stack([
-      jax.lax.slice(xtau_pad, (0, left + b * r * s1, left, 0), (n, left + b * r * s1 + span,
-                                                                left + width, c))
-      for b in range(blocks)], axis=1).reshape(n, blocks, span * width, c)
-  centres = jax.lax.pad(centres, zero, ((0, 0, 0), (0, blocks * r - out_h, 0), (0, 0, 0),
-                                        (0, 0, 0))).reshape(n, blocks, r * out_w, c)
-  products = jnp.einsum("nbmc,nbzc->nbmz", centres, windows, precision=precision,
+      jax.lax.slice(xtau_pad, (0, first + b * r * s1, first + e * q * s1, 0),
+                    (n, first + b * r * s1 + span_r, first + e * q * s1 + span_q, c))
+      for b in range(nb) for e in range(ne)], axis=1).reshape(n, nb, ne, span_r * span_q, c)
+  centres = jax.lax.pad(centres, zero, ((0, 0, 0), (0, nb * r - out_h, 0),
+                                        (0, ne * q - out_w, 0), (0, 0, 0)))
+  centres = centres.reshape(n, nb, r, ne, q, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+      n, nb, ne, r * q, c)
+  products = jnp.einsum("nbemc,nbezc->nbemz", centres, windows, precision=precision,
                         preferred_element_type=_accumulation(centres.dtype))
-  products = products.reshape(n, blocks, r, out_w, span, width).transpose(0, 1, 2, 4, 3, 5)
+  products = products.reshape(n, nb, ne, r, q, span_r, span_q).transpose(0, 1, 2, 3, 5, 4, 6)
   pad = lambda x, axis, size: jax.lax.pad(x, jnp.zeros((), x.dtype), tuple(
       (0, size if a == axis else 0, 0) for a in range(x.ndim)))
-  rows = pad(products.reshape(n, blocks, r * span, out_w, width), 2, r * s1)
-  rows = rows.reshape(n, blocks, r, span + s1, out_w, width)[:, :, :, :2 * radius * s2 + 1:s2]
-  cols = pad(rows.reshape(n, blocks, r, k, out_w * width), 4, out_w * s1)
-  cols = cols.reshape(n, blocks, r, k, out_w, width + s1)[..., :2 * radius * s2 + 1:s2]
-  out = cols.transpose(0, 1, 2, 4, 3, 5).reshape(n, blocks * r, out_w, k * k)
-  return out[:, :out_h]
+  band = slice(0, 2 * radius * s2 + 1, s2)
+  rows = pad(products.reshape(n, nb, ne, r * span_r, q, span_q), 3, r * s1)
+  rows = rows.reshape(n, nb, ne, r, span_r + s1, q, span_q)[:, :, :, :, band]
+  cols = pad(rows.reshape(n, nb, ne, r, k, q * span_q), 5, q * s1)
+  cols = cols.reshape(n, nb, ne, r, k, q, span_q + s1)[..., band]
+  out = cols.transpose(0, 1, 3, 2, 5, 4, 6).reshape(n, nb * r, ne * q, k * k)
+  return out[:, :out_h, :out_w]
