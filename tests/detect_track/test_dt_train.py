@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import jax
 import numpy as np
 import pytest
@@ -142,6 +143,10 @@ def test_bad_input_exits_2_and_changes_nothing(two_phase_run, mot_root, tmp_path
   lines = (bad_box / "gt" / "gt.txt").read_text().splitlines()
   lines[4] = ",".join(lines[4].split(",")[:4] + ["0", "-3"] + lines[4].split(",")[6:])
   (bad_box / "gt" / "gt.txt").write_text("\n".join(lines) + "\n")
+  resized = tmp_path / "resized"
+  shutil.copytree(mot_root / "PETS09-S2L1", resized)
+  frame = resized / "img1" / "000003.jpg"
+  cv2.imwrite(str(frame), np.zeros((40, 50, 3), np.uint8))
   base = [f"--config={CONFIG}:test", f"--config.data.path={mot_root}", f"--workdir={workdir}"]
   cases = {
       "no gt.txt": (["experiments.evaluate", *base, f"--config.data.eval_dir={no_gt}"],
@@ -150,11 +155,16 @@ def test_bad_input_exits_2_and_changes_nothing(two_phase_run, mot_root, tmp_path
                                     f"--config.data.eval_dir={bad_box}"], "gt.txt:5"),
       "another class count": (["experiments.evaluate", *base, "--config.model.num_classes=2"],
                               "does not match"),
+      "a frame of another size": (["experiments.evaluate", *base,
+                                   f"--config.data.eval_dir={resized}"], "000003.jpg: frame is 50x40"),
   }
   for case, (args, expected) in cases.items():
     r = _run(*args)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and expected in lines[0], (case, r.stderr[-2000:])
+    # One error line, the last (a frame found bad while TFDS copies the sequence comes after
+    # that copy's progress bars).
+    errors = [line for line in r.stderr.strip().splitlines() if "error:" in line]
+    assert r.returncode == 2 and len(errors) == 1 and expected in errors[0], (case, r.stderr[-2000:])
+    assert r.stderr.strip().splitlines()[-1] == errors[0], case
   assert _digest(workdir) == before
 
 
