@@ -435,7 +435,7 @@ def detector_loss(model: RFCN, maps: dict[str, jax.Array], batch: dict[str, jax.
                 "accuracy": jnp.sum(correct) / num_selected}
 
 
-def _frame_major(x: jax.Array) -> jax.Array:
+def frame_major(x: jax.Array) -> jax.Array:
   """[N, 2, ...] -> [2N, ...] with frames t first, as `DetectTrack` orders its images."""
   return jnp.concatenate([x[:, 0], x[:, 1]])
 
@@ -458,7 +458,7 @@ def dt_loss(model: DetectTrack, outputs: dict[str, Any], batch: dict[str, jax.Ar
     over the 4 deltas, averaged over the tracking RoIs, as the Caffe `SmoothL1Loss`'s VALID
     normalization) and "track_rois" (their number).
   """
-  frames = {k: _frame_major(jnp.asarray(batch[k]))
+  frames = {k: frame_major(jnp.asarray(batch[k]))
             for k in ("gt_boxes", "gt_labels", "image_sizes", "image_scales") if k in batch}
   detection, metrics = detector_loss(model.detector, outputs["detector"], frames, key)
   boxes = jnp.asarray(batch["gt_boxes"], jnp.float32)
@@ -540,7 +540,7 @@ def detect_pair(model: DetectTrack, outputs: dict[str, Any],
   """
   maps = outputs["detector"]
   n = outputs["track_maps"].shape[0]
-  sizes = None if image_sizes is None else _frame_major(jnp.asarray(image_sizes))
+  sizes = None if image_sizes is None else frame_major(jnp.asarray(image_sizes))
   detections = detect(model.detector, maps, sizes)
   tracked = track_regression(model, outputs["track_maps"], detections["roi_boxes"][:n],
                              detections["roi_valid"][:n], None if sizes is None else sizes[:n])

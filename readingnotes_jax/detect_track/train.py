@@ -132,9 +132,9 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], key: jax.Arra
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state["batch_stats"]}
     if phase == DETECTOR:
-      frames = {k: dt_model._frame_major(batch[k])  # pylint: disable=protected-access
+      frames = {k: dt_model.frame_major(batch[k])
                 for k in ("gt_boxes", "gt_labels", "image_sizes", "image_scales")}
-      maps, updated = model.apply(variables, dt_model._frame_major(batch["frames"]),  # pylint: disable=protected-access
+      maps, updated = model.apply(variables, dt_model.frame_major(batch["frames"]),
                                   train=True, method=_detector_maps, mutable=mutable)
       loss, metrics = dt_model.detector_loss(model.detector, maps, frames, key)
     else:
