@@ -35,8 +35,10 @@ Three formulations compute it (`method`):
 
 Measured with benchmarks/correlation.py on the idle 2-core Intel Xeon (Sapphire Rapids),
 res4 [1, 38, 38, 1024], d 8, strides 1/1, best of 5, forward / forward+backward seconds:
-"blocked" 0.022 / 0.041-0.044 (blocks of 8 rows x 38 columns 0.025 / 0.063, 13 x 13
-0.033 / 0.059, 38 x 38 0.026 / 0.080), "matmul" 0.083 / 0.228, "conv" 2.26 / 8.03; a plain
+"blocked" 0.014-0.016 / 0.039-0.044 with its x_tau windows cut straight from x_tau (0.020-0.022
+/ 0.041-0.044 when they were sliced from a padded copy; blocks of 19 x 13, 10 x 19 or 19 x 10
+0.019-0.021 / 0.041-0.042, 13 x 13 0.032 / 0.051, 38 x 19 0.019 / 0.061; 8 x 38 0.025 / 0.063
+and 38 x 38 0.026 / 0.080 before), "matmul" 0.065-0.083 / 0.20-0.23, "conv" 2.26 / 8.03; a plain
 PyTorch shift-multiply-mean loop 0.30 / 1.43. `method=None` takes "blocked" on
 CPU and the design card's "conv" elsewhere (not yet measured on an accelerator).
 """
@@ -104,13 +106,14 @@ def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
                     f"max_displacement {d}: use a larger input or more padding")
   pads = ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0))
   zero = jnp.zeros((), x_t.dtype)
-  xt_pad, xtau_pad = jax.lax.pad(x_t, zero, pads), jax.lax.pad(x_tau, zero, pads)
+  xt_pad = jax.lax.pad(x_t, zero, pads)
   centres = jax.lax.slice(xt_pad, (0, d, d, 0),
                           (n, d + (out_h - 1) * s1 + 1, d + (out_w - 1) * s1 + 1, c),
                           (1, s1, s1, 1))
   if method == "blocked":
-    out = _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, BLOCK)
+    out = _blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, BLOCK)
     return (out / c).astype(x_t.dtype)
+  xtau_pad = jax.lax.pad(x_tau, zero, pads)
   geometry = (d, s1, s2, out_h, out_w, precision)
   row = _row_conv if method == "conv" else _row_matmul
   k = 2 * (d // s2) + 1
@@ -171,7 +174,7 @@ def _row_conv(centres, rows, d, s1, s2, out_h, out_w, precision):
                     preferred_element_type=_accumulation(centres.dtype))
 
 
-def _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, block):
+def _blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, block):
   """All K x K displacements of a block of output positions at a time: [N, out_h, out_w, K*K].
 
   Block (b, e) holds r x q output positions (each axis split evenly into blocks of at most
@@ -190,14 +193,18 @@ def _blocked(centres, xtau_pad, d, s1, s2, out_h, out_w, precision, block):
   span_r, span_q = (r - 1) * s1 + 2 * radius * s2 + 1, (q - 1) * s1 + 2 * radius * s2 + 1
   first = d - radius * s2
   zero = jnp.zeros((), centres.dtype)
-  grow = lambda size, used: max(0, used - size)
-  xtau_pad = jax.lax.pad(xtau_pad, zero, (
-      (0, 0, 0), (0, grow(xtau_pad.shape[1], first + (nb - 1) * r * s1 + span_r), 0),
-      (0, grow(xtau_pad.shape[2], first + (ne - 1) * q * s1 + span_q), 0), (0, 0, 0)))
-  windows = jnp.stack([
-      jax.lax.slice(xtau_pad, (0, first + b * r * s1, first + e * q * s1, 0),
-                    (n, first + b * r * s1 + span_r, first + e * q * s1 + span_q, c))
-      for b in range(nb) for e in range(ne)], axis=1).reshape(n, nb, ne, span_r * span_q, c)
+  _, h, w, _ = x_tau.shape
+
+  def window(top, left):
+    """x_tau_pad[top : top + span_r, left : left + span_q] cut from x_tau by one pad: its
+    negative widths crop, its positive ones add the zero border (no padded copy of x_tau)."""
+    top, left = top - padding, left - padding
+    return jax.lax.pad(x_tau, zero, ((0, 0, 0), (-top, top + span_r - h, 0),
+                                     (-left, left + span_q - w, 0), (0, 0, 0)))
+
+  windows = jnp.stack([window(first + b * r * s1, first + e * q * s1)
+                       for b in range(nb) for e in range(ne)],
+                      axis=1).reshape(n, nb, ne, span_r * span_q, c)
   centres = jax.lax.pad(centres, zero, ((0, 0, 0), (0, nb * r - out_h, 0),
                                         (0, ne * q - out_w, 0), (0, 0, 0)))
   centres = centres.reshape(n, nb, r, ne, q, c).transpose(0, 1, 3, 2, 4, 5).reshape(
