@@ -16,8 +16,15 @@ its scale and its flip are functions of (seed, k) only, so a resumed run reads e
 what an uninterrupted one would. Boxes are 0-based pixel-inclusive corners (Caffe's, as
 `detect_track.targets` expects): a MOT box (left, top, width, height), 1-based, becomes
 (left - 1, top - 1, left + width - 2, top + height - 2); labels are the data set's class
-index + 1 (MOT: 1, person), 0 pads. (D&T also trains its detector on DET images, which
-have no frame pairs: not read here.)
+index + 1 (MOT: 1, person), 0 pads.
+
+The detector stage also reads ImageNet DET images of the 30 VID classes (`data.det_split`,
+e.g. "det_train" of `data.vid.ImageNetVID`): `DetStream` samples them per class as
+`imdb/imdb_sample_cls.m` does (`data.det_per_class`, the official 2000) and gives two
+images a draw (the detector solver's `ims_per_batch = 2`); the trainer takes every other
+pass from it, as `rfcn_train.m` alternates its two imdbs. Not matched: the official
+detector stage draws VID frames from 30 evenly spaced frames per video
+(`imdb_sample_frames.m`); here its pairs are drawn from all frames, as in the D&T stage.
 """
 from __future__ import annotations
 
@@ -192,21 +199,42 @@ def _padded(values: np.ndarray, count: int, fill: float = 0) -> np.ndarray:
   return out
 
 
-class PairStream:
+def det_frames(config: ml_collections.ConfigDict) -> Frames:
+  """The DET images of `data.det_split` below the ILSVRC2015 folder (source imagenet_vid)."""
+  if config.data.source != "imagenet_vid":
+    raise UserError(f"data.det_split={config.data.det_split!r} needs data.source=imagenet_vid "
+                    "(DET images live in the ILSVRC2015 folder): clear data.det_split")
+  return Frames(data_root(config), split=config.data.det_split, source="imagenet_vid")
+
+
+def det_sample(labels: list[np.ndarray], per_class: int, num_classes: int) -> np.ndarray:
+  """Record indices `imdb_sample_cls.m` keeps: for each class in turn, of the n images holding
+  it, min(n, per_class) evenly spaced ones (MATLAB's round(linspace(1, n, m)), here 0-based);
+  an image with several classes is kept once for each class that picks it."""
+  picked = [np.zeros(0, np.int64)]
+  for k in range(num_classes):
+    having = np.flatnonzero([np.any(np.asarray(l) == k) for l in labels])
+    if len(having):
+      spaced = np.linspace(1, len(having), min(len(having), per_class))
+      picked.append(having[np.floor(spaced + 0.5).astype(np.int64) - 1])  # half away from 0
+  return np.concatenate(picked)
+
+
+class _Stream:
   """Training pairs as functions of (seed, position): `batch(start, n, ...)` gives pairs
-  start .. start + n - 1 of the stream (this process's share of them)."""
+  start .. start + n - 1 of the stream (this process's share of them); `choose` (each
+  subclass's) picks the two records of a draw."""
 
   def __init__(self, frames: Frames, config: ml_collections.ConfigDict):
     self.frames, self.config = frames, config
-    self.pairs = frames.pairs(config.data.tau)
-    if not len(self.pairs):
-      raise UserError(f"{frames.folder}: no frame pair (t, t + {config.data.tau}) in one "
-                      "sequence: use a smaller data.tau or longer sequences")
+
+  def choose(self, rng: np.random.Generator) -> tuple[int, int]:
+    raise NotImplementedError
 
   def pair(self, k: int) -> dict[str, np.ndarray]:
     d = self.config.data
     rng = np.random.default_rng([self.config.seed, k])
-    first, second = self.pairs[rng.integers(len(self.pairs))]
+    first, second = self.choose(rng)
     scale = int(d.train_scales[rng.integers(len(d.train_scales))])
     flip = bool(d.flip and rng.random() < 0.5)
     crop = (float(rng.random()), float(rng.random()))
@@ -233,3 +261,32 @@ class PairStream:
     first = start + process_index * share
     pairs = [self.pair(k) for k in range(first, first + share)]
     return {k: np.stack([p[k] for p in pairs]) for k in pairs[0]}
+
+
+class PairStream(_Stream):
+  """Frames (t, t + tau) of one video, drawn uniformly from all such pairs."""
+
+  def __init__(self, frames: Frames, config: ml_collections.ConfigDict):
+    super().__init__(frames, config)
+    self.pairs = frames.pairs(config.data.tau)
+    if not len(self.pairs):
+      raise UserError(f"{frames.folder}: no frame pair (t, t + {config.data.tau}) in one "
+                      "sequence: use a smaller data.tau or longer sequences")
+
+  def choose(self, rng: np.random.Generator) -> tuple[int, int]:
+    return tuple(self.pairs[rng.integers(len(self.pairs))])
+
+
+class DetStream(_Stream):
+  """DET images for the detector stage, two independent draws from `det_sample`'s list a
+  "pair" (no track ids: -1); scale, flip and crop as `PairStream`."""
+
+  def __init__(self, frames: Frames, config: ml_collections.ConfigDict):
+    super().__init__(frames, config)
+    self.images = det_sample(frames.labels, config.data.det_per_class, len(vid.CLASS_NAMES))
+    if not len(self.images):
+      raise UserError(f"{frames.folder}: no DET image of a VID class in split "
+                      f"{config.data.det_split!r}: check Annotations/DET or clear data.det_split")
+
+  def choose(self, rng: np.random.Generator) -> tuple[int, int]:
+    return tuple(self.images[rng.integers(len(self.images), size=2)])

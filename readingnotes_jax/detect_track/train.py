@@ -15,7 +15,9 @@ weights (`nn.resnet_weights`). Positions count forward/backward passes
 (`iterations * iter_size` per phase); the solver averages `iter_size` passes per update
 (`model.make_optimizer`).
 
-Resume is exact: pair `k` of the stream is a function of (seed, k) (`data.PairStream`) and
+With `data.det_split` (ImageNet VID runs), every other detector pass reads two DET images
+per pair slot instead (`data.DetStream`). Resume is exact: pair `k` of a stream is a
+function of (seed, k) (`data.PairStream`, `data.DetStream`) and
 the anchor-sampling key of pass `s` is `fold_in(key(seed), s)`.
 
 Evaluator "tracking" (`Tracking`): the official test protocol on one MOTChallenge sequence
@@ -341,11 +343,14 @@ class Task:
     self.total = sum(self.passes)
     # Data first: a bad file stops the run before the workdir is touched.
     self.train_frames = dt_data.train_frames(config)
-    most = max(len(b) for f in self.train_frames for b in f.boxes)
+    det = dt_data.det_frames(config) if config.data.det_split else None
+    sources = self.train_frames + ([] if det is None else [det])
+    most = max(len(b) for f in sources for b in f.boxes)
     if most > config.data.max_boxes:
       raise UserError(f"a training frame has {most} boxes but data.max_boxes="
                       f"{config.data.max_boxes}: raise data.max_boxes")
     self.streams = [dt_data.PairStream(f, config) for f in self.train_frames]
+    self.det_stream = None if det is None else dt_data.DetStream(det, config)
     self.txs = [self._optimizer(phase) for phase in (DETECTOR, DT)]
     self._init_key, self.key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
     self._steps: dict[int, Any] = {}
@@ -360,7 +365,8 @@ class Task:
 
   def identity(self) -> dict[str, Any]:
     return {"seed": self.config.seed, "train_sequences": list(self.config.data.train_sequences),
-            "num_classes": self.config.model.num_classes, "passes": list(self.passes)}
+            "num_classes": self.config.model.num_classes, "passes": list(self.passes),
+            **({"det_split": self.config.data.det_split} if self.det_stream is not None else {})}
 
   def init_key(self) -> jax.Array:
     return self._init_key
@@ -393,6 +399,8 @@ class Task:
     phase = self.phase(position)
     n = self.config.batch_size
     stream = self.streams[step % len(self.streams)]
+    if phase == DETECTOR and self.det_stream is not None and position % 2:  # rfcn_train.m: imdbs alternate
+      stream = self.det_stream
     batch = stream.batch(position * n, n, jax.process_index(), jax.process_count())
     state, metrics = self._step_fn(phase)(state, mesh_lib.shard_batch(batch, self.mesh),
                                           jax.random.fold_in(self.key, position))

@@ -332,7 +332,8 @@ VID_WNIDS = ("n02691156", "n02391049")
 
 def write_vid(root: pathlib.Path, rng: np.random.Generator) -> None:
   """Videos of two moving rectangles (an airplane, a zebra) with XML annotations (pixel-
-  inclusive corners, track ids), ImageSets/VID/train_1.txt and val.txt."""
+  inclusive corners, track ids), ImageSets/VID/train_1.txt and val.txt; five DET images
+  with ImageSets/DET/train.txt."""
   val_lines = []
   for split, videos in VID_VIDEOS.items():
     for video, count in videos.items():
@@ -360,3 +361,20 @@ def write_vid(root: pathlib.Path, rng: np.random.Generator) -> None:
   lists.mkdir(parents=True, exist_ok=True)
   (lists / "train_1.txt").write_text("".join(f"{v} 1\n" for v in VID_VIDEOS["train"]))
   (lists / "val.txt").write_text("\n".join(val_lines) + "\n")
+  # DET train images (the detector stage's second list): one VID-class object each, and one
+  # image whose only object is of another class (dropped, as imdb_remove_cls.m does).
+  det_lines = []
+  for i, wnid in enumerate(VID_WNIDS + VID_WNIDS + ("n00007846",)):
+    image = _noisy(np.full((VID_HEIGHT, VID_WIDTH, 3), 150, np.uint8), rng)
+    x, y = 8 + 9 * i, 6 + 4 * i
+    image[y:y + 20, x:x + 26] = _COLORS[i % 2] // 2
+    name = f"ILSVRC2014_train_0000/ILSVRC2014_train_{i:08d}"
+    _save_rgb(root / "Data" / "DET" / "train" / f"{name}.JPEG", image)
+    xml = root / "Annotations" / "DET" / "train" / f"{name}.xml"
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    xml.write_text(f"<annotation><object><name>{wnid}</name><bndbox><xmin>{x}</xmin>"
+                   f"<ymin>{y}</ymin><xmax>{x + 25}</xmax><ymax>{y + 19}</ymax></bndbox>"
+                   "</object></annotation>\n")
+    det_lines.append(f"{name} {i + 1}\n")
+  (root / "ImageSets" / "DET").mkdir(parents=True, exist_ok=True)
+  (root / "ImageSets" / "DET" / "train.txt").write_text("".join(det_lines))

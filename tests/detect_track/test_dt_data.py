@@ -111,3 +111,45 @@ def test_prepare_crops_a_larger_image_to_the_canvas():
   np.testing.assert_allclose(p.boxes[0], [2, 4, 20, 18])
   np.testing.assert_allclose(p.boxes[2], [22, 0, 40, 14])
   np.testing.assert_array_equal(p.keep, [True, False, True])
+
+
+def test_det_sample_keeps_evenly_spaced_images_per_class_as_imdb_sample_cls():
+  """Hand-worked `round(linspace(1, n, m))` picks, MATLAB rounding (halves away from zero)."""
+  labels = [np.array([0]), np.array([1]), np.array([0, 1]), np.array([0]), np.array([2]),
+            np.array([0]), np.array([], np.int64), np.array([0, 0])]
+  # Class 0 is in images 0, 2, 3, 5, 7: linspace(1, 5, 3) = 1, 3, 5 -> images 0, 3, 7.
+  # Class 1 in images 1, 2 (both kept); class 2 in image 4; class 3 nowhere.
+  np.testing.assert_array_equal(dt_data.det_sample(labels, 3, 4), [0, 3, 7, 1, 2, 4])
+  # Four images, three picks: linspace(1, 4, 3) = 1, 2.5, 4 rounds to 1, 3, 4 (not 1, 2, 4).
+  four = [np.array([0])] * 4
+  np.testing.assert_array_equal(dt_data.det_sample(four, 3, 1), [0, 2, 3])
+  np.testing.assert_array_equal(dt_data.det_sample(four, 10, 1), [0, 1, 2, 3])
+
+
+@pytest.fixture(scope="module")
+def vid_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("vid")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("READINGNOTES_CACHE", str(root / "cache"))
+    yield pathlib.Path(_tiny_data().write("imagenet_vid", root)["data.path"])
+
+
+def test_det_stream_draws_two_det_images_a_pair(vid_root):
+  config = _config(vid_root, source="imagenet_vid", det_split="det_train", det_per_class=2000)
+  frames = dt_data.det_frames(config)
+  # Five DET images written, one of a class outside VID (dropped by the builder); airplane
+  # (label 0) in two, zebra (label 29) in two.
+  assert len(frames) == 4 and sorted(int(l[0]) for l in frames.labels) == [0, 0, 29, 29]
+  stream = dt_data.DetStream(frames, config)
+  np.testing.assert_array_equal(sorted(stream.images), [0, 1, 2, 3])
+  batch = stream.batch(0, 6)
+  assert batch["frames"].shape == (6, 2, 64, 96, 3)
+  valid = batch["gt_labels"] > 0
+  assert valid.sum(axis=2).tolist() == [[1, 1]] * 6  # one object an image, no track ids
+  assert set(batch["gt_labels"][valid].tolist()) <= {1, 30}
+  assert (batch["gt_ids"] == -1).all()
+  again = dt_data.DetStream(dt_data.det_frames(config), config).batch(0, 6)
+  for key, value in batch.items():
+    np.testing.assert_array_equal(value, again[key])
+  with pytest.raises(UserError, match="needs data.source=imagenet_vid"):
+    dt_data.det_frames(_config(vid_root, source="mot", det_split="det_train"))

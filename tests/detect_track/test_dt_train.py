@@ -233,3 +233,25 @@ def test_tube_tracks_split_where_the_score_drops_or_the_box_jumps():
                                                          (4, [17])]
   np.testing.assert_array_equal(tracks[0][2], boxes[:2])
   assert len(dt_train.tube_tracks([tube], 0.5, 0.7)) == 5  # 0.68 < 0.7 cuts the first run
+
+
+def test_detector_phase_alternates_vid_pairs_and_det_images(tmp_path):
+  """With data.det_split the detector passes alternate VID pairs (even positions, with track
+  ids) and DET images (odd, ids -1), as rfcn_train.m alternates its two lists; D&T reads VID."""
+  from experiments.configs.detect_track import vid_rfcn_resnet50  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("tiny_data", ROOT / "tests/contract/tiny_data.py")
+  tiny_data = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny_data)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("READINGNOTES_CACHE", str(tmp_path / "cache"))
+    config = vid_rfcn_resnet50.get_config("test")
+    config.data.path = tiny_data.write("imagenet_vid", tmp_path)["data.path"]
+    config.dt.iterations = 2
+    task = dt_train.make_task(config, mesh_lib.make_data_mesh(1))
+    # The pass itself is replaced by one that hands back the batch it was given.
+    task._step_fn = lambda phase: (lambda state, batch, key: (state, jax.device_get(batch)))  # pylint: disable=protected-access
+    ids = [task.train_step(None, p, p)[1]["gt_ids"] for p in range(8)]
+  assert task.passes == (6, 2)
+  for position, gt_ids in enumerate(ids):
+    from_det = position < 6 and position % 2 == 1
+    assert (gt_ids == -1).all() == from_det, position

@@ -5,8 +5,9 @@ feichtenhofer/Detect-Track's run for a GPU/TPU machine: frames at 600 px (long s
 SGD lr 1e-3, x0.1 at 120k, 160k iterations of 2 passes; conv1, res2 and BatchNorm frozen,
 ImageNet weights loaded into the backbone (`--config.model.backbone_init=resnet50.pth
 --config.model.stride_in_1x1=False` for torchvision's files; D&T's MSRA Caffe ResNets stride
-in the 1x1 convs). Official mAP (README): 72.1. The DET images of the 30 classes, which the
-official detector stage also samples, are not read (they have no frame pairs).
+in the 1x1 convs). Official mAP (README): 72.1. Every other pass reads two
+DET train images of the 30 classes (up to 2000 per class, `imdb_sample_cls.m`), as the
+official detector stage alternates its VID and DET lists.
 
   python -m experiments.train --config experiments/configs/detect_track/vid_rfcn_resnet50.py \\
       --config.data.path /data/ILSVRC2015 --workdir runs/vid_rfcn_resnet50
