@@ -22,9 +22,10 @@ The detector stage also reads ImageNet DET images of the 30 VID classes (`data.d
 e.g. "det_train" of `data.vid.ImageNetVID`): `DetStream` samples them per class as
 `imdb/imdb_sample_cls.m` does (`data.det_per_class`, the official 2000) and gives two
 images a draw (the detector solver's `ims_per_batch = 2`); the trainer takes every other
-pass from it, as `rfcn_train.m` alternates its two imdbs. Not matched: the official
-detector stage draws VID frames from 30 evenly spaced frames per video
-(`imdb_sample_frames.m`); here its pairs are drawn from all frames, as in the D&T stage.
+pass from it, as `rfcn_train.m` alternates its two imdbs. With
+`data.detector_frames_per_video` (the official 30, `imdb_sample_frames.m`) the detector
+stage's VID pairs start at that many evenly spaced frames of each video (the official
+stage reads those frames alone; here each comes with its next frame).
 """
 from __future__ import annotations
 
@@ -263,12 +264,26 @@ class _Stream:
     return {k: np.stack([p[k] for p in pairs]) for k in pairs[0]}
 
 
-class PairStream(_Stream):
-  """Frames (t, t + tau) of one video, drawn uniformly from all such pairs."""
+def spaced_frames(videos: np.ndarray, per_video: int) -> np.ndarray:
+  """Record indices `imdb_sample_frames.m` keeps: of each video's n frames (consecutive
+  records), min(n, per_video) evenly spaced ones (round(linspace(1, n, m)), 0-based)."""
+  starts = np.flatnonzero(np.r_[True, videos[1:] != videos[:-1]])
+  counts = np.diff(np.r_[starts, len(videos)])
+  return np.concatenate([start + np.floor(np.linspace(1, n, min(n, per_video)) + 0.5)
+                         .astype(np.int64) - 1 for start, n in zip(starts, counts)])
 
-  def __init__(self, frames: Frames, config: ml_collections.ConfigDict):
+
+class PairStream(_Stream):
+  """Frames (t, t + tau) of one video, drawn uniformly from all such pairs, or, with
+  `frames_per_video` > 0, from those whose t is one of `spaced_frames`."""
+
+  def __init__(self, frames: Frames, config: ml_collections.ConfigDict,
+               frames_per_video: int = 0):
     super().__init__(frames, config)
     self.pairs = frames.pairs(config.data.tau)
+    if frames_per_video:
+      self.pairs = self.pairs[np.isin(self.pairs[:, 0],
+                                      spaced_frames(frames.videos, frames_per_video))]
     if not len(self.pairs):
       raise UserError(f"{frames.folder}: no frame pair (t, t + {config.data.tau}) in one "
                       "sequence: use a smaller data.tau or longer sequences")

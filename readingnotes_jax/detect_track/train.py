@@ -16,7 +16,8 @@ weights (`nn.resnet_weights`). Positions count forward/backward passes
 (`model.make_optimizer`).
 
 With `data.det_split` (ImageNet VID runs), every other detector pass reads two DET images
-per pair slot instead (`data.DetStream`). Resume is exact: pair `k` of a stream is a
+per pair slot instead (`data.DetStream`), and `data.detector_frames_per_video` limits the
+detector's VID pairs to evenly spaced frames of each video. Resume is exact: pair `k` of a stream is a
 function of (seed, k) (`data.PairStream`, `data.DetStream`) and
 the anchor-sampling key of pass `s` is `fold_in(key(seed), s)`.
 
@@ -350,6 +351,8 @@ class Task:
       raise UserError(f"a training frame has {most} boxes but data.max_boxes="
                       f"{config.data.max_boxes}: raise data.max_boxes")
     self.streams = [dt_data.PairStream(f, config) for f in self.train_frames]
+    self.detector_streams = [dt_data.PairStream(f, config, config.data.detector_frames_per_video)
+                             for f in self.train_frames]
     self.det_stream = None if det is None else dt_data.DetStream(det, config)
     self.txs = [self._optimizer(phase) for phase in (DETECTOR, DT)]
     self._init_key, self.key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))
@@ -398,7 +401,8 @@ class Task:
       state = with_weights_from(state, self.config.init_from, self)
     phase = self.phase(position)
     n = self.config.batch_size
-    stream = self.streams[step % len(self.streams)]
+    streams = self.detector_streams if phase == DETECTOR else self.streams
+    stream = streams[step % len(streams)]
     if phase == DETECTOR and self.det_stream is not None and position % 2:  # rfcn_train.m: imdbs alternate
       stream = self.det_stream
     batch = stream.batch(position * n, n, jax.process_index(), jax.process_count())

@@ -153,3 +153,17 @@ def test_det_stream_draws_two_det_images_a_pair(vid_root):
     np.testing.assert_array_equal(value, again[key])
   with pytest.raises(UserError, match="needs data.source=imagenet_vid"):
     dt_data.det_frames(_config(vid_root, source="mot", det_split="det_train"))
+
+
+def test_detector_pairs_start_at_evenly_spaced_frames_as_imdb_sample_frames(vid_root):
+  videos = np.array(["a"] * 6 + ["b"] * 5)
+  # a: linspace(1, 6, 3) = 1, 3.5, 6 -> frames 1, 4, 6 (halves away from zero); b: 1, 3, 5.
+  np.testing.assert_array_equal(dt_data.spaced_frames(videos, 3), [0, 3, 5, 6, 8, 10])
+  np.testing.assert_array_equal(dt_data.spaced_frames(videos, 30), np.arange(11))
+  # The tiny tree's train videos have 6 and 5 frames, in that order: pairs (t, t + 1) whose
+  # t is picked; a video's last frame has no next one.
+  config = _config(vid_root, source="imagenet_vid", train_split="train")
+  frames = dt_data.train_frames(config)[0]
+  np.testing.assert_array_equal(frames.videos, np.repeat(frames.videos[[0, 6]], [6, 5]))
+  stream = dt_data.PairStream(frames, config, frames_per_video=3)
+  np.testing.assert_array_equal(stream.pairs, [[0, 1], [3, 4], [6, 7], [8, 9]])

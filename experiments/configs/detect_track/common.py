@@ -28,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_dir = ""             # any MOTChallenge sequence folder (overrides the above).
   c.data.det_split = ""            # imagenet_vid: DET images for every other detector pass.
   c.data.det_per_class = 2000      # DET images kept per class (imdb_sample_cls.m).
+  c.data.detector_frames_per_video = 0  # detector pairs start at this many spaced frames
+                                   # of each video (imdb_sample_frames.m: 30); 0: all.
   c.data.tau = 1                   # pairs (t, t + tau); D&T trains with tau = 1.
   c.data.train_scales = (600,)     # short side, one drawn per pair (cfg.TRAIN.SCALES).
   c.data.max_size = 1000           # long side at most (cfg.TRAIN.MAX_SIZE).
@@ -122,5 +124,6 @@ def vid(c: ml_collections.ConfigDict, layers: int, phase: str) -> None:
   if phase == "detector":
     c.dt.iterations = 0
     c.data.det_split = "det_train"  # 'VID+DETtrain16sample' of script_Detect_ILSVRC_vid_*.m
+    c.data.detector_frames_per_video = 30
   else:
     c.detector.iterations = 0

@@ -7,7 +7,8 @@ ImageNet weights loaded into the backbone (`--config.model.backbone_init=resnet5
 --config.model.stride_in_1x1=False` for torchvision's files; D&T's MSRA Caffe ResNets stride
 in the 1x1 convs). Official mAP (README): 72.1. Every other pass reads two
 DET train images of the 30 classes (up to 2000 per class, `imdb_sample_cls.m`), as the
-official detector stage alternates its VID and DET lists.
+official detector stage alternates its VID and DET lists; its VID pairs start at 30 evenly
+spaced frames of each video (`imdb_sample_frames.m`).
 
   python -m experiments.train --config experiments/configs/detect_track/vid_rfcn_resnet50.py \\
       --config.data.path /data/ILSVRC2015 --workdir runs/vid_rfcn_resnet50
