@@ -35,8 +35,9 @@ import optax
 import torch
 
 from benchmarks import common, torch_fashiongan
+from experiments.configs.fashiongan import ccp_fashiongan
 from readingnotes_jax.fashiongan import compose, losses, model, train
-from readingnotes_jax.nn import precision
+from readingnotes_jax.nn import conv, precision
 from readingnotes_jax.training import runner
 
 LR, BETAS = 2e-4, (0.5, 0.999)
@@ -158,6 +159,9 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
   args = parser.parse_args()
+  config = ccp_fashiongan.get_config()
+  if config.xla_cpu_ynn:  # as experiments.train does, before any computation
+    conv.enable_xla_cpu_ynn(config.xla_cpu_ynn_types)
   if args.threads:
     torch.set_num_threads(args.threads)
   result = {"benchmark": "fashiongan_step", **common.machine_description(),

@@ -2,7 +2,8 @@
 
 Flags: `--config path.py[:ARG]` (a file whose `get_config(arg)` returns a
 ConfigDict), `--config.KEY=VALUE` overrides, `--workdir`, and per-command
-extras. A config with `xla_cpu_ynn = True` hands XLA:CPU's dots to YNNPACK
+extras. A config with `xla_cpu_ynn = True` hands XLA:CPU's dots (and the YNN fusion types
+in its `xla_cpu_ynn_types`, if set) to YNNPACK
 (`readingnotes_jax.nn.conv.enable_xla_cpu_ynn`). Any `UserError` (and any bad
 flag) ends the process with one line on stderr and exit code 2.
 """
@@ -46,8 +47,8 @@ def run(main: Callable[[flags.FlagValues], None], argv: list[str] | None = None)
       raise UserError("--config is required, e.g. --config experiments/configs/progan/fashion_mnist_32.py:runlocal")
     if "workdir" in flags.FLAGS and not flags.FLAGS.workdir:
       raise UserError("--workdir is required: the folder for checkpoints, metrics and figures")
-    if flags.FLAGS.config.get("xla_cpu_ynn", False):
-      conv.enable_xla_cpu_ynn()  # before the first computation starts the backend
+    if flags.FLAGS.config.get("xla_cpu_ynn", False):  # before the backend starts
+      conv.enable_xla_cpu_ynn(flags.FLAGS.config.get("xla_cpu_ynn_types", "individual_dot"))
     main(flags.FLAGS)
   except UserError as e:
     print(f"{prog}: error: {e}", file=sys.stderr)

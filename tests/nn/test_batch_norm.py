@@ -1,4 +1,8 @@
 """BatchNorm against torch.nn.BatchNorm2d (training and eval) and the formula."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,3 +144,48 @@ def test_gradients_through_the_batch_statistics():
   want = jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias)
   for g, w in zip(got, want):  # float32 both, |grads| < 19 from 60-term sums: measured 3.8e-6
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+_YNN_SCRIPT = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from readingnotes_jax.nn.batch_norm import BatchNorm
+x, g = np.load(sys.argv[1])["x"], np.load(sys.argv[1])["g"]
+bn = BatchNorm()
+variables = bn.init(jax.random.key(0), x, use_running_average=False)
+params = {"scale": jnp.linspace(0.5, 1.5, x.shape[-1]), "bias": jnp.linspace(-1, 1, x.shape[-1])}
+def apply(params, x):
+  return bn.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                  use_running_average=False, mutable=["batch_stats"])[0]
+y, pullback = jax.vjp(jax.jit(apply), params, x)
+dparams, dx = pullback(jnp.asarray(g))
+np.savez(sys.argv[2], y=y, dx=dx, dscale=dparams["scale"], dbias=dparams["bias"])
+"""
+
+
+def test_training_matches_the_formula_with_ynn_reductions(tmp_path):
+  """Statistics and gradients with XLA:CPU's reductions handed to YNNPACK (FashionGAN's
+  `xla_cpu_ynn_types`, a fresh process) against the float64 formula."""
+  from readingnotes_jax.nn import conv  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(7)
+  x = rng.normal(1.0, 2.0, (8, 12, 12, 16)).astype(np.float32)
+  g = rng.normal(size=x.shape).astype(np.float32)
+  np.savez(tmp_path / "in.npz", x=x, g=g)
+  flags = f"{conv.XLA_CPU_YNN_FLAG.split('=')[0]}=individual_dot,reduce"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-c", _YNN_SCRIPT, tmp_path / "in.npz",
+                      tmp_path / "out.npz"], capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = np.load(tmp_path / "out.npz")
+  x64, g64 = x.astype(np.float64), g.astype(np.float64)
+  scale, bias = np.linspace(0.5, 1.5, 16), np.linspace(-1, 1, 16)
+  mean, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+  xhat = (x64 - mean) / np.sqrt(var + 1e-5)
+  dbias, dscale = g64.sum((0, 1, 2)), (g64 * xhat).sum((0, 1, 2))
+  dx = scale / np.sqrt(var + 1e-5) * (g64 - dbias / g64[..., 0].size
+                                      - xhat * dscale / g64[..., 0].size)
+  # Float32 sums of 1152 terms: ~ eps32 sqrt(1152) relative (2e-6); 1e-4 leaves margin, a
+  # wrong reduction axis or count is off by O(1).
+  for name, want in (("y", xhat * scale + bias), ("dx", dx), ("dscale", dscale),
+                     ("dbias", dbias)):
+    np.testing.assert_allclose(out[name], want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
+                               err_msg=name)

@@ -155,6 +155,10 @@ def test_enable_xla_cpu_ynn_keeps_other_flags_and_a_users_choice(monkeypatch):
   conv.enable_xla_cpu_ynn()
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
   assert not conv.xla_cpu_ynn_enabled()
+  monkeypatch.setenv("XLA_FLAGS", "")
+  conv.enable_xla_cpu_ynn("individual_dot,reduce")  # FashionGAN's: reductions as well
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce"
+  assert conv.xla_cpu_ynn_enabled()
 
 
 _YNN_SCRIPT = """

@@ -14,7 +14,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.eval_every_steps = 0           # periodic evaluation (0: at the end of each phase).
   c.evals = ("fashion",)           # readingnotes_jax.fashiongan.train.EVALUATORS
-  c.xla_cpu_ynn = False
+  # XLA:CPU only: dots and reductions through YNNPACK, convolutions through XLA's own
+  # kernels (nn.conv.enable_xla_cpu_ynn). benchmarks/fashiongan_step.py, runlocal sizes,
+  # float32, idle 2-core Sapphire Rapids: G_image 0.98 -> 0.59 s (XLA:CPU's default hands
+  # convolutions to YNNPACK, whose kernel gradients at 32 x 32 ran at 35-60 GFLOP/s against
+  # XLA's 250-300; dots alone made the BatchNorm reductions 10-30x slower).
+  c.xla_cpu_ynn = True
+  c.xla_cpu_ynn_types = "individual_dot,reduce"
   # The standard FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth or
   # an .npz of it); empty: $READINGNOTES_FID_WEIGHTS, else no FID (SWD only).
   c.fid_weights = ""
@@ -72,6 +78,7 @@ def test(c: ml_collections.ConfigDict) -> None:
   is this one run. One G_image step: from its second step on, the losses of 8 devices and 1
   device differ by 1e-3 (seen at width 8), beyond the contract's 1e-4 bar for float
   rounding (see LOSSES_ONLY in tests/contract/test_contract.py)."""
+  c.xla_cpu_ynn = False
   c.data.source = "ccp"
   c.data.image_size = 64
   c.model.features = 4
