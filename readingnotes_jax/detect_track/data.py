@@ -212,25 +212,25 @@ def det_sample(labels: list[np.ndarray], per_class: int, num_classes: int) -> np
   """Record indices `imdb_sample_cls.m` keeps: for each class in turn, of the n images holding
   it, min(n, per_class) evenly spaced ones (MATLAB's round(linspace(1, n, m)), here 0-based);
   an image with several classes is kept once for each class that picks it."""
+  having = [[] for _ in range(num_classes)]
+  for i, image_labels in enumerate(labels):  # one pass over the boxes, not one per class
+    for k in np.unique(image_labels):
+      having[k].append(i)
   picked = [np.zeros(0, np.int64)]
-  for k in range(num_classes):
-    having = np.flatnonzero([np.any(np.asarray(l) == k) for l in labels])
-    if len(having):
-      spaced = np.linspace(1, len(having), min(len(having), per_class))
-      picked.append(having[np.floor(spaced + 0.5).astype(np.int64) - 1])  # half away from 0
+  for images in having:
+    if images:
+      spaced = np.linspace(1, len(images), min(len(images), per_class))
+      picked.append(np.asarray(images)[np.floor(spaced + 0.5).astype(np.int64) - 1])  # half away from 0
   return np.concatenate(picked)
 
 
 class _Stream:
   """Training pairs as functions of (seed, position): `batch(start, n, ...)` gives pairs
-  start .. start + n - 1 of the stream (this process's share of them); `choose` (each
-  subclass's) picks the two records of a draw."""
+  start .. start + n - 1 of the stream (this process's share of them); each subclass's
+  `choose(rng)` picks the two records of a draw."""
 
   def __init__(self, frames: Frames, config: ml_collections.ConfigDict):
     self.frames, self.config = frames, config
-
-  def choose(self, rng: np.random.Generator) -> tuple[int, int]:
-    raise NotImplementedError
 
   def pair(self, k: int) -> dict[str, np.ndarray]:
     d = self.config.data

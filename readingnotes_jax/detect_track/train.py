@@ -17,8 +17,8 @@ weights (`nn.resnet_weights`). Positions count forward/backward passes
 
 With `data.det_split` (ImageNet VID runs), every other detector pass reads two DET images
 per pair slot instead (`data.DetStream`), and `data.detector_frames_per_video` limits the
-detector's VID pairs to evenly spaced frames of each video. Resume is exact: pair `k` of a stream is a
-function of (seed, k) (`data.PairStream`, `data.DetStream`) and
+detector's VID pairs to evenly spaced frames of each video. Resume is exact: pair `k` of a
+stream is a function of (seed, k) (`data.PairStream`, `data.DetStream`) and
 the anchor-sampling key of pass `s` is `fold_in(key(seed), s)`.
 
 Evaluator "tracking" (`Tracking`): the official test protocol on one MOTChallenge sequence
@@ -351,8 +351,9 @@ class Task:
       raise UserError(f"a training frame has {most} boxes but data.max_boxes="
                       f"{config.data.max_boxes}: raise data.max_boxes")
     self.streams = [dt_data.PairStream(f, config) for f in self.train_frames]
-    self.detector_streams = [dt_data.PairStream(f, config, config.data.detector_frames_per_video)
-                             for f in self.train_frames]
+    spaced = config.data.detector_frames_per_video
+    self.detector_streams = ([dt_data.PairStream(f, config, spaced) for f in self.train_frames]
+                             if spaced else self.streams)
     self.det_stream = None if det is None else dt_data.DetStream(det, config)
     self.txs = [self._optimizer(phase) for phase in (DETECTOR, DT)]
     self._init_key, self.key = jax.random.split(jax.random.key(config.seed, impl=PRNG_IMPL))

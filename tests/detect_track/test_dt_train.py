@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs.detect_track import mot_dt_resnet50
+from experiments.configs.detect_track import mot_dt_resnet50, vid_rfcn_resnet50
 from readingnotes_jax.detect_track import data as dt_data
 from readingnotes_jax.detect_track import train as dt_train
 from readingnotes_jax.training import mesh as mesh_lib, runner
@@ -22,15 +22,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "experiments/configs/detect_track/mot_dt_resnet50.py"
 
 
-@pytest.fixture(scope="module")
-def mot_root(tmp_path_factory):
-  root = tmp_path_factory.mktemp("mot")
+def _tiny_data():
   spec = importlib.util.spec_from_file_location("tiny_data", ROOT / "tests/contract/tiny_data.py")
   tiny_data = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tiny_data)
+  return tiny_data
+
+
+@pytest.fixture(scope="module")
+def mot_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mot")
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("READINGNOTES_CACHE", str(root / "cache"))
-    yield pathlib.Path(tiny_data.write("mot", root)["data.path"])
+    yield pathlib.Path(_tiny_data().write("mot", root)["data.path"])
 
 
 def _config(mot_root, **overrides):
@@ -238,14 +242,10 @@ def test_tube_tracks_split_where_the_score_drops_or_the_box_jumps():
 def test_detector_phase_alternates_vid_pairs_and_det_images(tmp_path):
   """With data.det_split the detector passes alternate VID pairs (even positions, with track
   ids) and DET images (odd, ids -1), as rfcn_train.m alternates its two lists; D&T reads VID."""
-  from experiments.configs.detect_track import vid_rfcn_resnet50  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("tiny_data", ROOT / "tests/contract/tiny_data.py")
-  tiny_data = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tiny_data)
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("READINGNOTES_CACHE", str(tmp_path / "cache"))
     config = vid_rfcn_resnet50.get_config("test")
-    config.data.path = tiny_data.write("imagenet_vid", tmp_path)["data.path"]
+    config.data.path = _tiny_data().write("imagenet_vid", tmp_path)["data.path"]
     config.dt.iterations = 2
     task = dt_train.make_task(config, mesh_lib.make_data_mesh(1))
     # The pass itself is replaced by one that hands back the batch it was given.
