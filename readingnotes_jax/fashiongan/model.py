@@ -54,6 +54,7 @@ from flax import traverse_util
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.fashiongan import compose
 from readingnotes_jax.nn.batch_norm import BatchNorm
+from readingnotes_jax.nn import conv
 from readingnotes_jax.nn.conv import conv2d
 
 SIZES = (64, 128)
@@ -71,7 +72,7 @@ RNN_HIDDEN = 100
 RNN_LAYERS = 2
 
 
-TRANSPOSE_LOWERINGS = ("dilated", "phases")
+TRANSPOSE_LOWERINGS = ("dilated", "phases", "patches")
 # Kernel taps feeding output phase a (rows 2m + a) of a stride-2, 4-tap, padding-1 transposed
 # convolution, from inputs m - 1, m (a = 0) and m, m + 1 (a = 1): y[2m] = x[m-1] W[3] +
 # x[m] W[1], y[2m+1] = x[m] W[2] + x[m+1] W[0].
@@ -82,18 +83,28 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
                    lowering: str | None = None) -> jax.Array:
   """torch `SpatialFullConvolution`: y[s i - p + k] += x[i] @ kernel[k] (both axes), NHWC.
 
-  `kernel` [kh, kw, Cin, Cout]; output (H - 1) s + kh - 2p. Two lowerings, equal up to float
-  rounding: "dilated", the correlation of x dilated by `stride` and padded by kh - 1 - p
-  with the flipped kernel (any shape), and "phases" (the release's only upsampling: 4 x 4,
-  stride 2, padding 1), one 2 x 2 convolution of x padded by 1 whose 4 x Cout channels are
-  the four output phases, interleaved. XLA:CPU runs convolutions with dilated inputs on a
-  slow generic path: forward + backward of [16, 8, 8, 320] -> [16, 16, 16, 128] took 0.88 s
-  "dilated" and 0.13 s "phases" on a 2-core Sapphire Rapids. None picks "phases" where it
-  applies.
+  `kernel` [kh, kw, Cin, Cout]; output (H - 1) s + kh - 2p. Three lowerings, equal up to
+  float rounding: "dilated", the correlation of x dilated by `stride` and padded by
+  kh - 1 - p with the flipped kernel (any shape); "phases" (the release's only upsampling:
+  4 x 4, stride 2, padding 1), one 2 x 2 convolution of x padded by 1 whose 4 x Cout
+  channels are the four output phases, interleaved; "patches", the "dilated" correlation as
+  one GEMM of its taps (`nn.conv.conv2d_patches`, any shape). XLA:CPU runs convolutions with
+  dilated inputs on a slow generic path: forward + backward of [16, 8, 8, 320] -> [16, 16,
+  16, 128] took 0.88 s "dilated" and 0.13 s "phases" on a 2-core Sapphire Rapids. At few
+  output positions the weights dominate and "phases" pays for transposing its kernel
+  (forward + backward, 1024 -> 512, batch 4, jax 0.10.2 with `individual_dot,reduce`, ms
+  "phases" / "patches": from 1 x 1 121 / 12, 2 x 2 122 / 19, 4 x 4 142 / 52, 8 x 8 84 / 113;
+  batch 16, 256 -> 128 from 2 x 2 4.1 / 3.7, from 4 x 4 6.6 / 12.8). None picks "patches"
+  where `conv.patches_preferred` (CPU, few output positions in the batch), else "phases"
+  where it applies, else "dilated".
   """
   kh, kw = kernel.shape[:2]
   phases = (kh, kw, stride, padding) == (4, 4, 2, 1)
-  lowering = lowering or ("phases" if phases else "dilated")
+  n, h, w, cin = x.shape
+  positions = n * ((h - 1) * stride + kh - 2 * padding) * ((w - 1) * stride + kw - 2 * padding)
+  if lowering is None:
+    lowering = ("patches" if conv.patches_preferred(positions, x.dtype, kernel.size) else
+                "phases" if phases else "dilated")
   if lowering not in TRANSPOSE_LOWERINGS or (lowering == "phases" and not phases):
     raise UserError(f"conv_transpose lowering {lowering!r} for a {kh}x{kw} kernel, stride "
                     f"{stride}, padding {padding}: use one of {TRANSPOSE_LOWERINGS} ('phases' "
@@ -103,7 +114,10 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
         x, jnp.flip(kernel, (0, 1)).astype(x.dtype), (1, 1),
         ((kh - 1 - padding,) * 2, (kw - 1 - padding,) * 2), lhs_dilation=(stride, stride),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  n, h, w, cin = x.shape
+  if lowering == "patches":
+    return conv.conv2d_patches(x, kernel, pad_h=(kh - 1 - padding,) * 2,
+                               pad_w=(kw - 1 - padding,) * 2, input_dilation=stride,
+                               flip_kernel=True)
   cout = kernel.shape[-1]
   taps = [jnp.array(t) for t in _PHASE_TAPS]
   # [2, 2, Cin, 2 (a), 2 (b), Cout]: the 2 x 2 kernel of output phase (a, b).

@@ -1,6 +1,6 @@
 """2D convolution with a choice of lowering (NHWC activations, HWIO kernels).
 
-Two lowerings compute the same convolution:
+Three lowerings compute the same convolution:
 
 - ``"xla"``: `jax.lax.conv_general_dilated`, XLA's own convolution. Right on
   TPU and GPU.
@@ -12,6 +12,14 @@ Two lowerings compute the same convolution:
   per-tap matmuls are too thin and XLA's convolution wins (in bfloat16 the
   matmuls win from 128 channels), so `lowering=None` picks per layer with
   `default_lowering`. See benchmarks/conv_lowering.py.
+
+- ``"patches"``: im2col, the kh*kw taps side by side and one GEMM with the
+  kernel as a [kh*kw*Cin, Cout] matrix (its HWIO layout as it is), gradients by
+  JAX (two GEMMs, the taps' pads summed). For convolutions with few output
+  positions, where the work is in the weights: XLA:CPU's strided convolutions
+  there take slow generic paths and transpose the kernel for the backward pass.
+  `lowering=None` picks it on CPU for strided convolutions with at most
+  `PATCHES_MAX_ROWS` output positions in the batch (`conv2d_patches`).
 
 The "matmul" lowering's gradients are written by hand for stride 1
 (`_conv_stride1`): the input gradient as the same shifted-matmul sum over the
@@ -35,6 +43,7 @@ it ("matmul" ~145 / 155 either way; PyTorch 2.13 209 / 190); bfloat16 "matmul"
 bfloat16 convolutions from 128 channels.
 """
 import functools
+import math
 import os
 
 import jax
@@ -42,7 +51,21 @@ import jax.numpy as jnp
 
 from readingnotes_jax.errors import UserError
 
-LOWERINGS = ("xla", "matmul")
+LOWERINGS = ("xla", "matmul", "patches")
+# On CPU, strided convolutions (and FashionGAN's transposed ones) whose GEMM has at most this
+# many rows (N * H_out * W_out) use "patches". 4x4 stride-2 convolutions, forward+backward,
+# idle 2-core Sapphire Rapids, jax 0.10.2 with `individual_dot,reduce`, ms "xla" / "patches":
+# float32, batch 4, 512->512 from 8x8 10.1 / 6.9, from 4x4 60.8 / 2.9, from 2x2 17.1 / 2.0;
+# 256->512 from 16x16 (256 rows) 13.8 / 11.0, 128->256 from 32x32 (1024 rows) 13.6 / 13.1;
+# batch 16, 64->128 from 8x8 (256 rows) 1.7 / 1.4, 32->64 from 16x16 (1024 rows) 1.5 / 2.7.
+# bfloat16 gains less from small kernels: batch 16, 128->128 from 8x8 (256 rows) 3.3 / 4.6,
+# from 4x4 (64 rows) 5.4 / 1.4; transposed 256->128 from 2x2 (256 rows) 3.9 / 4.3 but
+# 1024->512 (8.4M weights) from 4x4 at batch 4 (256 rows) 125 / 60. So in bfloat16 / float16
+# up to LOW_PRECISION_PATCHES_MAX_ROWS, or PATCHES_MAX_ROWS for kernels of at least
+# LOW_PRECISION_PATCHES_MIN_WEIGHTS elements.
+PATCHES_MAX_ROWS = 256
+LOW_PRECISION_PATCHES_MAX_ROWS = 64
+LOW_PRECISION_PATCHES_MIN_WEIGHTS = 2 ** 22
 # On CPU, convolutions with fewer input or output channels than this use "xla". In
 # bfloat16 the shifted matmuls win from 128 channels (PSPNet-50's stride-1 3x3 layers,
 # forward+backward: 128 ch 291 vs 199 GFLOP/s, 256 dilated 334 vs 198; 64 ch at 117x117
@@ -86,14 +109,29 @@ def xla_cpu_ynn_enabled() -> bool:
   return False
 
 
+def patches_preferred(rows: int | None, dtype=jnp.float32, weights: int = 0) -> bool:
+  """Whether a convolution whose GEMM has `rows` rows (N * H_out * W_out) and whose kernel has
+  `weights` elements runs as "patches": on CPU, at most `PATCHES_MAX_ROWS` rows, in bfloat16 /
+  float16 at most `LOW_PRECISION_PATCHES_MAX_ROWS` unless the kernel has at least
+  `LOW_PRECISION_PATCHES_MIN_WEIGHTS` elements."""
+  if jax.default_backend() != "cpu" or rows is None:
+    return False
+  if _low_precision(jnp.dtype(dtype)) and weights < LOW_PRECISION_PATCHES_MIN_WEIGHTS:
+    return rows <= LOW_PRECISION_PATCHES_MAX_ROWS
+  return rows <= PATCHES_MAX_ROWS
+
+
 def default_lowering(channels: int | None = None, dtype=jnp.float32,
-                     kernel_size: tuple[int, int] | None = None, stride: int = 1) -> str:
+                     kernel_size: tuple[int, int] | None = None, stride: int = 1,
+                     rows: int | None = None, weights: int = 0) -> str:
   """The lowering `conv2d(..., lowering=None)` uses.
 
   "xla" on TPU and GPU (where XLA's convolution is strong). On CPU:
   "matmul" for 1x1 kernels (one dot; XLA's kernel gradient of a 1x1
-  convolution transposes both operands); "xla" for other strided ones (the
-  matmul lowering has hand-written gradients for stride 1 only); otherwise
+  convolution transposes both operands); for other strided ones "patches" when
+  `patches_preferred(rows, dtype, weights)` (`rows` = N * H_out * W_out, when
+  given; `weights` the kernel's elements), else "xla" (the matmul lowering has hand-written
+  gradients for stride 1 only); otherwise
   "matmul" when the narrower side (min of input and output channels, when
   given) is at least `MATMUL_MIN_CHANNELS` (float32) or
   `LOW_PRECISION_MATMUL_MIN_CHANNELS` (bfloat16, float16), except float32
@@ -104,7 +142,7 @@ def default_lowering(channels: int | None = None, dtype=jnp.float32,
   if kernel_size is not None and tuple(kernel_size) == (1, 1):
     return "matmul"
   if stride > 1:
-    return "xla"
+    return "patches" if patches_preferred(rows, dtype, weights) else "xla"
   low_precision = _low_precision(jnp.dtype(dtype))
   threshold = LOW_PRECISION_MATMUL_MIN_CHANNELS if low_precision else MATMUL_MIN_CHANNELS
   if channels is not None and channels < threshold:
@@ -139,8 +177,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     dilation: kernel dilation (both axes).
     padding: "SAME" (TensorFlow's rule, output size ceil(H / stride)),
       "VALID", or a number of zeros added on each side.
-    lowering: "xla", "matmul", or None for
-      `default_lowering(min(Cin, Cout), x.dtype, (kh, kw), stride)`.
+    lowering: "xla", "matmul", "patches", or None for
+      `default_lowering(min(Cin, Cout), x.dtype, (kh, kw), stride, N * H_out * W_out,
+      kernel.size)`.
 
   Returns:
     [N, H_out, W_out, Cout] in the dtype of `x`.
@@ -151,10 +190,6 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   if kernel.dtype != x.dtype and not (_low_precision(x.dtype) and kernel.dtype == jnp.float32):
     raise UserError(f"conv2d: kernel dtype {kernel.dtype} with input dtype {x.dtype}: pass "
                     f"the kernel in the input's dtype (or float32 for bfloat16 / float16)")
-  if lowering is None:
-    lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2], stride)
-  if lowering not in LOWERINGS:
-    raise UserError(f"unknown conv lowering {lowering!r}: use one of {LOWERINGS} or None")
   if padding == "VALID":
     padding = 0
   if not (padding == "SAME" or isinstance(padding, int)) or stride < 1 or dilation < 1:
@@ -163,12 +198,54 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   kh, kw = kernel.shape[:2]
   pad_h = _pads(x.shape[1], kh, stride, dilation, padding)
   pad_w = _pads(x.shape[2], kw, stride, dilation, padding)
+  if lowering is None:
+    rows = x.shape[0] * math.prod(
+        max(0, (size + sum(pads) - (k - 1) * dilation - 1) // stride + 1)
+        for size, pads, k in ((x.shape[1], pad_h, kh), (x.shape[2], pad_w, kw)))
+    lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2], stride, rows,
+                                kernel.size)
+  if lowering not in LOWERINGS:
+    raise UserError(f"unknown conv lowering {lowering!r}: use one of {LOWERINGS} or None")
   if lowering == "xla":
     return jax.lax.conv_general_dilated(
         x, kernel.astype(x.dtype), window_strides=(stride, stride), padding=(pad_h, pad_w),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if lowering == "patches":
+    return conv2d_patches(x, kernel, stride=stride, dilation=dilation, pad_h=pad_h, pad_w=pad_w)
   return _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w)
+
+
+def conv2d_patches(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation: int = 1,
+                   pad_h: tuple[int, int] = (0, 0), pad_w: tuple[int, int] = (0, 0),
+                   input_dilation: int = 1, flip_kernel: bool = False) -> jax.Array:
+  """The "patches" lowering: x with `input_dilation` - 1 zeros between its pixels, padded by
+  `pad_h` / `pad_w`, correlated with `kernel` [kh, kw, Cin, Cout] as one GEMM of its kh*kw
+  taps side by side (im2col) and the kernel reshaped to [kh*kw*Cin, Cout].
+
+  `flip_kernel` puts the taps in reverse order, which correlates with the kernel flipped on
+  both spatial axes without copying it: a transposed convolution is this with
+  `input_dilation` = its stride and padding kh - 1 - p (`fashiongan.model.conv_transpose`).
+  bfloat16 / float16 products accumulate in float32, cast once.
+  """
+  kh, kw = kernel.shape[:2]
+  zero = jnp.zeros((), x.dtype)
+  x = jax.lax.pad(x, zero, ((0, 0, 0), (*pad_h, input_dilation - 1),
+                            (*pad_w, input_dilation - 1), (0, 0, 0)))
+  n, h, w, c = x.shape
+  out_h = (h - (kh - 1) * dilation - 1) // stride + 1
+  out_w = (w - (kw - 1) * dilation - 1) // stride + 1
+  if out_h < 1 or out_w < 1:
+    raise UserError(f"conv2d: input {h}x{w} (padded) is smaller than the "
+                    f"dilated kernel: use a larger input or more padding")
+  taps = [tap for _, _, tap in kernel_taps(x, kh, kw, stride, dilation, out_h, out_w)]
+  if flip_kernel:
+    taps = taps[::-1]
+  patches = jnp.concatenate(taps, axis=-1).reshape(n * out_h * out_w, kh * kw * c)
+  accumulate = jnp.float32 if _low_precision(x.dtype) else None
+  y = jnp.dot(patches, kernel.astype(x.dtype).reshape(kh * kw * c, -1),
+              preferred_element_type=accumulate)
+  return y.reshape(n, out_h, out_w, -1).astype(x.dtype)
 
 
 def _low_precision(dtype) -> bool:

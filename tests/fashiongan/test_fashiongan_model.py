@@ -218,9 +218,28 @@ def _conv_transpose_reference(x, kernel, stride, padding):
   return full[:, padding:padding + out_h, padding:padding + out_w]
 
 
-@pytest.mark.parametrize("shape, stride, padding, lowering", [
-    ((2, 1, 1, 5), 1, 0, "dilated"), ((2, 5, 4, 3), 2, 1, "dilated"),
-    ((2, 5, 4, 3), 2, 1, "phases")])
+def _conv_transpose_vjp(x, kernel, g, stride, padding):
+  """(dL/dx, dL/dkernel) of sum(g * y) from the definition: dx[i] = sum_k g[s i - p + k]
+  W[k]^T, dW[k] = sum_i x[i]^T g[s i - p + k] (over the uncropped output, g zero outside)."""
+  n, h, w, _ = x.shape
+  kh, kw = kernel.shape[:2]
+  full = np.zeros((n, (h - 1) * stride + kh, (w - 1) * stride + kw, g.shape[-1]), g.dtype)
+  full[:, padding:padding + g.shape[1], padding:padding + g.shape[2]] = g
+  gx, gw = np.zeros_like(x), np.zeros_like(kernel)
+  for i in range(h):
+    for j in range(w):
+      window = full[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+      gx[:, i, j] = np.einsum("nhwd,hwcd->nc", window, kernel)
+      gw += np.einsum("nc,nhwd->hwcd", x[:, i, j], window)
+  return gx, gw
+
+
+TRANSPOSE_CASES = [((2, 1, 1, 5), 1, 0, "dilated"), ((2, 5, 4, 3), 2, 1, "dilated"),
+                   ((2, 5, 4, 3), 2, 1, "phases"), ((2, 1, 1, 5), 1, 0, "patches"),
+                   ((2, 5, 4, 3), 2, 1, "patches"), ((2, 3, 2, 3), 3, 2, "patches")]
+
+
+@pytest.mark.parametrize("shape, stride, padding, lowering", TRANSPOSE_CASES)
 def test_conv_transpose_against_definition(shape, stride, padding, lowering):
   x = _RNG.standard_normal(shape).astype(np.float32)
   kernel = _RNG.standard_normal((4, 4, shape[-1], 6)).astype(np.float32)
@@ -232,7 +251,22 @@ def test_conv_transpose_against_definition(shape, stride, padding, lowering):
   assert_within_reference(got, f32, f64, ulps=4, err_msg="conv_transpose")
 
 
-def test_conv_transpose_against_torch():
+@pytest.mark.parametrize("shape, stride, padding, lowering", TRANSPOSE_CASES)
+def test_conv_transpose_gradients_against_definition(shape, stride, padding, lowering):
+  x = _RNG.standard_normal(shape).astype(np.float32)
+  kernel = _RNG.standard_normal((4, 4, shape[-1], 6)).astype(np.float32)
+  y, pullback = jax.vjp(lambda a, b: model.conv_transpose(a, b, stride, padding, lowering),
+                        jnp.asarray(x), jnp.asarray(kernel))
+  g = _RNG.standard_normal(y.shape).astype(np.float32)
+  got = pullback(jnp.asarray(g))
+  f64 = _conv_transpose_vjp(*(a.astype(np.float64) for a in (x, kernel, g)), stride, padding)
+  f32 = _conv_transpose_vjp(x, kernel, g, stride, padding)
+  for name, a, b, c in zip(("dx", "dkernel"), got, f32, f64):
+    assert_within_reference(a, b, c, ulps=4, err_msg=f"conv_transpose {name}")
+
+
+@pytest.mark.parametrize("lowering", ["phases", "patches"])
+def test_conv_transpose_against_torch(lowering):
   torch = pytest.importorskip("torch")
   x = _RNG.standard_normal((2, 6, 5, 3)).astype(np.float32)
   kernel = _RNG.standard_normal((4, 4, 3, 4)).astype(np.float32)
@@ -240,7 +274,7 @@ def test_conv_transpose_against_torch():
   with torch.no_grad():
     layer.weight.copy_(torch.from_numpy(kernel.transpose(2, 3, 0, 1).astype(np.float64)))
     want = layer(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))).numpy()
-  got = model.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), 2, 1)  # "phases"
+  got = model.conv_transpose(jnp.asarray(x), jnp.asarray(kernel), 2, 1, lowering)
   f32 = _conv_transpose_reference(x, kernel, 2, 1)
   assert_within_reference(got, f32, want.transpose(0, 2, 3, 1), ulps=4, err_msg="vs torch")
 

@@ -1,4 +1,4 @@
-"""conv2d: both lowerings against a NumPy reference (values and gradients)."""
+"""conv2d: the three lowerings against a NumPy reference (values and gradients)."""
 import os
 import subprocess
 import sys
@@ -75,7 +75,7 @@ def arrays():
   return rng.normal(size=(2, 10, 10, 3)).astype(np.float32), rng
 
 
-@pytest.mark.parametrize("lowering", ["xla", "matmul"])
+@pytest.mark.parametrize("lowering", conv.LOWERINGS)
 @pytest.mark.parametrize("k,s,d,padding,h,w", CASES)
 def test_values_and_gradients_match_numpy(arrays, lowering, k, s, d, padding, h, w):
   base, rng = arrays
@@ -134,6 +134,12 @@ def test_default_lowering_on_this_backend(monkeypatch):
     assert conv.default_lowering(64, jnp.float32, (1, 1), stride=2) == "matmul"
     assert conv.default_lowering(64, jnp.float32, (3, 3)) == "xla"
     assert conv.default_lowering(512, bf16, (3, 3), stride=2) == "xla"
+    assert conv.default_lowering(64, jnp.float32, (4, 4), 2, conv.PATCHES_MAX_ROWS) == "patches"
+    assert conv.default_lowering(512, bf16, (4, 4), 2, 256, 4 * 4 * 512 * 512) == "patches"
+    assert conv.default_lowering(128, bf16, (4, 4), 2, 256, 4 * 4 * 128 * 128) == "xla"
+    assert conv.default_lowering(128, bf16, (4, 4), 2, 64, 4 * 4 * 128 * 128) == "patches"
+    assert conv.default_lowering(64, jnp.float32, (4, 4), 2, conv.PATCHES_MAX_ROWS + 1) == "xla"
+    assert conv.default_lowering(512, jnp.float32, (3, 3), 1, 16) == "matmul"  # stride 1
     monkeypatch.setenv("XLA_FLAGS", conv.XLA_CPU_YNN_FLAG)
     assert conv.default_lowering(512) == conv.default_lowering(64, bf16) == "xla"
     assert conv.default_lowering(512, bf16) == conv.default_lowering(128, bf16) == "matmul"
@@ -169,7 +175,7 @@ cases = {cases!r}
 data = dict(np.load(sys.argv[1]))
 out = {{}}
 for n, (k, s, d, padding, h, w) in enumerate(cases):
-  for lowering in ("xla", "matmul"):
+  for lowering in conv.LOWERINGS:
     fn = lambda x, kernel: conv.conv2d(x, kernel, stride=s, dilation=d, padding=padding,
                                        lowering=lowering)
     y, pullback = jax.vjp(jax.jit(fn), data[f"x{{n}}"], data[f"k{{n}}"])
@@ -180,7 +186,7 @@ np.savez(sys.argv[2], **out)
 """
 
 
-def test_both_lowerings_match_numpy_with_xla_cpu_ynn(tmp_path):
+def test_lowerings_match_numpy_with_xla_cpu_ynn(tmp_path):
   """XLA:CPU with `XLA_CPU_YNN_FLAG` (a fresh process) against the NumPy reference."""
   rng = np.random.default_rng(3)
   data, refs = {}, {}
@@ -198,7 +204,7 @@ def test_both_lowerings_match_numpy_with_xla_cpu_ynn(tmp_path):
                      capture_output=True, text=True, env=env, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   out = np.load(tmp_path / "out.npz")
-  for lowering in ("xla", "matmul"):
+  for lowering in conv.LOWERINGS:
     for key, ref in refs.items():  # as in test_values_and_gradients_match_numpy (1.3e-5)
       np.testing.assert_allclose(out[lowering + key], ref, rtol=1e-4, atol=1e-4,
                                  err_msg=f"{lowering} {key}")
@@ -256,7 +262,7 @@ def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padd
                                  atol=tolerance * np.abs(w).max(), err_msg=name)
 
 
-@pytest.mark.parametrize("lowering", ["xla", "matmul"])
+@pytest.mark.parametrize("lowering", conv.LOWERINGS)
 @pytest.mark.parametrize("k,s,d,cin,cout", [(3, 1, 2, 8, 5), (3, 1, 1, 20, 5), (1, 1, 1, 8, 5),
                                            (3, 2, 1, 8, 5)])
 def test_float32_kernel_with_bfloat16_input(lowering, k, s, d, cin, cout):
