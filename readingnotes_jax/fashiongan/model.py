@@ -53,8 +53,8 @@ from flax import traverse_util
 
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.fashiongan import compose
-from readingnotes_jax.nn.batch_norm import BatchNorm
 from readingnotes_jax.nn import conv
+from readingnotes_jax.nn.batch_norm import BatchNorm
 from readingnotes_jax.nn.conv import conv2d
 
 SIZES = (64, 128)
