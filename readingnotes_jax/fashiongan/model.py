@@ -101,8 +101,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
   kh, kw = kernel.shape[:2]
   phases = (kh, kw, stride, padding) == (4, 4, 2, 1)
   n, h, w, cin = x.shape
-  positions = n * ((h - 1) * stride + kh - 2 * padding) * ((w - 1) * stride + kw - 2 * padding)
   if lowering is None:
+    positions = n * ((h - 1) * stride + kh - 2 * padding) * ((w - 1) * stride + kw - 2 * padding)
     lowering = ("patches" if conv.patches_preferred(positions, x.dtype, kernel.size) else
                 "phases" if phases else "dilated")
   if lowering not in TRANSPOSE_LOWERINGS or (lowering == "phases" and not phases):

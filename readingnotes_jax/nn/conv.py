@@ -18,8 +18,8 @@ Three lowerings compute the same convolution:
   JAX (two GEMMs, the taps' pads summed). For convolutions with few output
   positions, where the work is in the weights: XLA:CPU's strided convolutions
   there take slow generic paths and transpose the kernel for the backward pass.
-  `lowering=None` picks it on CPU for strided convolutions with at most
-  `PATCHES_MAX_ROWS` output positions in the batch (`conv2d_patches`).
+  `lowering=None` picks it on CPU for strided convolutions with few output
+  positions in the batch (`patches_preferred`, `conv2d_patches`).
 
 The "matmul" lowering's gradients are written by hand for stride 1
 (`_conv_stride1`): the input gradient as the same shifted-matmul sum over the
@@ -200,7 +200,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   pad_w = _pads(x.shape[2], kw, stride, dilation, padding)
   if lowering is None:
     rows = x.shape[0] * math.prod(
-        max(0, (size + sum(pads) - (k - 1) * dilation - 1) // stride + 1)
+        max(0, _output_size(size + sum(pads), k, stride, dilation))
         for size, pads, k in ((x.shape[1], pad_h, kh), (x.shape[2], pad_w, kw)))
     lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2], stride, rows,
                                 kernel.size)
@@ -233,11 +233,7 @@ def conv2d_patches(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation
   x = jax.lax.pad(x, zero, ((0, 0, 0), (*pad_h, input_dilation - 1),
                             (*pad_w, input_dilation - 1), (0, 0, 0)))
   n, h, w, c = x.shape
-  out_h = (h - (kh - 1) * dilation - 1) // stride + 1
-  out_w = (w - (kw - 1) * dilation - 1) // stride + 1
-  if out_h < 1 or out_w < 1:
-    raise UserError(f"conv2d: input {h}x{w} (padded) is smaller than the "
-                    f"dilated kernel: use a larger input or more padding")
+  out_h, out_w = _output_shape(h, w, kh, kw, stride, dilation)
   taps = [tap for _, _, tap in kernel_taps(x, kh, kw, stride, dilation, out_h, out_w)]
   if flip_kernel:
     taps = taps[::-1]
@@ -246,6 +242,20 @@ def conv2d_patches(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation
   y = jnp.dot(patches, kernel.astype(x.dtype).reshape(kh * kw * c, -1),
               preferred_element_type=accumulate)
   return y.reshape(n, out_h, out_w, -1).astype(x.dtype)
+
+
+def _output_size(padded: int, kernel_size: int, stride: int, dilation: int) -> int:
+  """Output rows (or columns) of a padded input: (padded - (k - 1) * d - 1) // stride + 1."""
+  return (padded - (kernel_size - 1) * dilation - 1) // stride + 1
+
+
+def _output_shape(h, w, kh, kw, stride, dilation) -> tuple[int, int]:
+  """(out_h, out_w) of a padded h x w input; a UserError when the kernel does not fit."""
+  out_h, out_w = _output_size(h, kh, stride, dilation), _output_size(w, kw, stride, dilation)
+  if out_h < 1 or out_w < 1:
+    raise UserError(f"conv2d: input {h}x{w} (padded) is smaller than the "
+                    f"dilated kernel: use a larger input or more padding")
+  return out_h, out_w
 
 
 def _low_precision(dtype) -> bool:
@@ -281,11 +291,7 @@ def _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w):
   """
   kh, kw = kernel.shape[:2]
   h, w = x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w)
-  out_h = (h - (kh - 1) * dilation - 1) // stride + 1
-  out_w = (w - (kw - 1) * dilation - 1) // stride + 1
-  if out_h < 1 or out_w < 1:
-    raise UserError(f"conv2d: input {h}x{w} (padded) is smaller than the "
-                    f"dilated kernel: use a larger input or more padding")
+  out_h, out_w = _output_shape(h, w, kh, kw, stride, dilation)
   if stride == 1:
     return _conv_stride1(x, kernel, dilation, pad_h, pad_w)
   kernel = kernel.astype(x.dtype)
