@@ -17,7 +17,10 @@ phases of one run (positions are optimizer steps, `config.steps` gives each phas
    `model.image_generator` "encoder_decoder" (ih1) or "unet" (ih1_skip, the demo's, with the
    patch D); `model.compositional` renders each region under its mask (paper section 3.3);
    `model.compare_plain` also trains the plain G_image (and its D) side by side on the same
-   batches and noise, so the two are compared like for like.
+   batches and noise, so the two are compared like for like. `model.g_ema_beta` > 0 (not in
+   the release) also keeps an exponential moving average of each G_image's parameters,
+   ema <- params + (ema - params) x beta after every step (ProGAN's `Gs`), which evaluation,
+   figures and the edit command use with G's BatchNorm running averages.
 The release's G step reads D's output on the fake computed before D's update; here G's loss
 uses D after its update (as pix2pix and the DCGAN ports do). BatchNorm statistics: G's
 update once per step, D's once per forward of the D step (real, wrong, fake), as torch's
@@ -88,6 +91,9 @@ def _check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
                     f"{', '.join(IMAGE_GENERATORS)}")
   if config.data.image_size not in model.SIZES:
     raise UserError(f"data.image_size={config.data.image_size}: use one of {model.SIZES}")
+  if not 0 <= config.model.g_ema_beta < 1:
+    raise UserError(f"model.g_ema_beta={config.model.g_ema_beta}: use 0 (no average) or a "
+                    "decay in (0, 1)")
   if config.model.compare_plain and not config.model.compositional:
     raise UserError("model.compare_plain=True trains the plain G_image next to the "
                     "compositional one: set model.compositional=True")
@@ -245,6 +251,10 @@ def image_step(gans, coder_params, batch, key, *, nets: Networks, tx, config):
         (batch["z"], d_code, condition, masks), condition, wrong_condition, g_loss,
         generator=nets.g_image[variant], discriminator=nets.d_image[variant], tx=tx,
         loss_config=config.loss, rngs={"dropout": key})
+    beta = config.model.g_ema_beta
+    if beta > 0:
+      new[variant]["g_ema"] = jax.tree.map(lambda e, p: p + (e - p) * beta,
+                                           gans[variant]["g_ema"], new[variant]["g"]["params"])
     prefix = "image_" if i == 0 else f"{variant}_image_"
     metrics.update({prefix + k: v for k, v in m.items()})
   return new, metrics
@@ -314,7 +324,7 @@ class Generation:
     mean image}) for one batch of sentences and shape conditions (U-Net dropout: `key`)."""
     d_code, labels = self._segment(state["coder"]["params"], _variables(state["shape"]["g"]),
                                    words, lengths, z_shape, shape_conditions)
-    images = {v: np.asarray(self._render(_variables(state["image"][v]["g"]), d_code, z_image,
+    images = {v: np.asarray(self._render(_image_variables(state["image"][v]), d_code, z_image,
                                          labels, key, variant=v))
               for v in (self.nets.g_image if variants is None else variants)}
     return np.asarray(labels), images
@@ -322,6 +332,11 @@ class Generation:
 
 def _variables(g: dict[str, Any]) -> dict[str, Any]:
   return {"params": g["params"], "batch_stats": g["batch_stats"]}
+
+
+def _image_variables(gan: dict[str, Any]) -> dict[str, Any]:
+  """A G_image's inference variables: its moving average when kept (`model.g_ema_beta`)."""
+  return {"params": gan.get("g_ema", gan["g"]["params"]), "batch_stats": gan["g"]["batch_stats"]}
 
 
 def test_pairs(count: int, per_photo: int, seed: int) -> np.ndarray:
@@ -484,7 +499,7 @@ class Task:
     c = self.config
     return {"seed": c.seed, "data_source": c.data.source, "image_size": c.data.image_size,
             "steps": [c.steps[p] for p in PHASES], "image_variants": list(self.nets.g_image),
-            "image_generator": c.model.image_generator,
+            "image_generator": c.model.image_generator, "g_ema": c.model.g_ema_beta > 0,
             "vocabulary_size": len(self.train_set.vocabulary)}
 
   def init_key(self) -> jax.Array:
@@ -507,10 +522,16 @@ class Task:
                   "opt_state": self.coder_tx.init(coder["params"])},
         "shape": _gan_state(self.nets.g_shape, self.nets.d_shape, self.adam["shape"], ks,
                             (z, d_code, shape_condition), (seg, d_code, shape_condition)),
-        "image": {v: _gan_state(self.nets.g_image[v], self.nets.d_image[v], self.adam["image"],
-                                k, (z, d_code, image, masks), (image, d_code, image))
+        "image": {v: self._image_state(v, k, (z, d_code, image, masks), (image, d_code, image))
                   for v, k in zip(self.nets.g_image, ki)},
     }
+
+  def _image_state(self, variant: str, key: jax.Array, g_inputs, d_inputs) -> dict[str, Any]:
+    gan = _gan_state(self.nets.g_image[variant], self.nets.d_image[variant], self.adam["image"],
+                     key, g_inputs, d_inputs)
+    if self.config.model.g_ema_beta > 0:
+      gan["g_ema"] = jax.tree.map(jnp.copy, gan["g"]["params"])
+    return gan
 
   def phase(self, position: int) -> int:
     return int(sum(position >= end for end in self.ends[:-1]))

@@ -12,6 +12,7 @@ import pytest
 
 from experiments.configs.fashiongan import ccp_fashiongan
 from readingnotes_jax.data import ccp_fashion
+from readingnotes_jax.errors import UserError
 from readingnotes_jax.fashiongan import compose, data as fashion_data, edit, train
 from readingnotes_jax.training import mesh as mesh_lib, runner
 
@@ -123,6 +124,42 @@ def test_shape_learning_rate_sizes_the_first_adam_step_of_the_shape_phase_only(f
     # scales), each rounded to half an ulp of 1 (2^-24): atol 2^-23.
     np.testing.assert_allclose(change, lr, rtol=1e-5, atol=2.0 ** -23)
     state = new
+
+
+def test_g_ema_is_the_moving_average_of_g_image_and_what_evaluation_renders(fake_data):
+  """model.g_ema_beta: after each image step every G_image's average is params + (average -
+  params) x beta, computed here in float64 from the stepped parameters; the evaluator renders
+  with the average (the same images as a state whose parameters are the average, not those of
+  the parameters themselves). Out-of-range decays are refused."""
+  beta = 0.75
+  task = train.Task(_config(**{"model.g_ema_beta": beta}), mesh_lib.make_data_mesh(1))
+  state = jax.device_get(jax.jit(task.init_state)(task.init_key()))
+  as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+  average = {v: as64(state["image"][v]["g"]["params"]) for v in task.nets.g_image}
+  for position in range(task.ends[1], task.ends[1] + 2):
+    state, _, _, _ = task.train_step(state, position, position)
+    state = jax.device_get(state)
+    for v in task.nets.g_image:
+      params = as64(state["image"][v]["g"]["params"])
+      average[v] = jax.tree.map(lambda e, p: p + (e - p) * beta, average[v], params)
+      # float32 arithmetic of two updates on values below 2 in magnitude (BatchNorm scales
+      # near 1, weights ~0.02): a few roundings of half an ulp of 2 (2^-23) each.
+      for got, want in zip(jax.tree.leaves(state["image"][v]["g_ema"]),
+                           jax.tree.leaves(average[v])):
+        np.testing.assert_allclose(got, want, rtol=0, atol=2.0 ** -21)
+      assert not _equal(state["image"][v]["g_ema"], params)
+
+  evaluation = train.FashionEvaluation(task)
+  variant = next(iter(task.nets.g_image))
+  render = lambda s: evaluation.generate(s, evaluation.pairs, [variant], stream=0)[1][variant]
+  plain = {v: {k: x for k, x in gan.items() if k != "g_ema"} for v, gan in state["image"].items()}
+  averaged = {v: {**gan, "g": {**gan["g"], "params": state["image"][v]["g_ema"]}}
+              for v, gan in plain.items()}
+  np.testing.assert_array_equal(render(state), render({**state, "image": averaged}))
+  assert not np.array_equal(render(state), render({**state, "image": plain}))
+  for bad in (-0.1, 1.0):
+    with pytest.raises(UserError, match="g_ema_beta"):
+      train.Task(_config(**{"model.g_ema_beta": bad}), mesh_lib.make_data_mesh(1))
 
 
 def _bce(logits: np.ndarray, target: float) -> float:
@@ -313,7 +350,6 @@ def test_stream_processor_restyles_each_frame_with_the_pages_sentence(
   with the segmenter's S0 and the page's sentence; a sentence it cannot read is refused and
   the old one kept."""
   from readingnotes_jax.data import parts  # pylint: disable=import-outside-toplevel
-  from readingnotes_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   from readingnotes_jax.stream import processors  # pylint: disable=import-outside-toplevel
   processor = processors.load("fashiongan", str(finished_workdir),
                               segmenter=str(segmenter_workdir))

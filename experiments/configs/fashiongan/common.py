@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image_generator = "encoder_decoder"  # encoder_decoder (ih1) | unet (ih1_skip, the demo's).
   c.model.compositional = False    # paper 3.3: each region rendered under its own mask.
   c.model.compare_plain = False    # with compositional: also train the plain G_image alongside.
+  c.model.g_ema_beta = 0.0         # > 0: evaluate a moving average of G_image (not the release).
   c.model.dtype = "float32"        # compute dtype; bfloat16 keeps parameters in float32.
 
   c.loss = ml_collections.ConfigDict()
@@ -84,6 +85,7 @@ def test(c: ml_collections.ConfigDict) -> None:
   c.model.features = 4
   c.model.compositional = True
   c.model.compare_plain = True
+  c.model.g_ema_beta = 0.9         # the contract's exact resume covers the average.
   c.batch_size = 8
   c.coder.batch_size = 8
   c.coder.learning_rate = 0.1
