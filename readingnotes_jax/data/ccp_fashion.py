@@ -281,7 +281,7 @@ class CCPFashion(tfds_local.LocalFilesBuilder):
     size = self.image_size
     tensor = lambda shape, dtype: tfds.features.Tensor(
         shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description=(self.__doc__ or "").strip().splitlines()[0],
         features=tfds.features.FeaturesDict({

@@ -139,7 +139,7 @@ class MnistIdx(tfds_local.LocalFilesBuilder):
     if dtype != np.uint8 or len(shape) != 3:
       raise UserError(f"{images_path} holds {dtype} {shape}, not uint8 [N, H, W] "
                       "images: point to MNIST-format image files")
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description="MNIST-format IDX images and labels read from local files.",
         features=tfds.features.FeaturesDict({

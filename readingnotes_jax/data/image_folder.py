@@ -97,7 +97,7 @@ class ImageFolder(tfds_local.LocalFilesBuilder):
         dtype=np.uint8, encoding=tfds.features.Encoding.BYTES)}
     if self.labels:
       features["label"] = tfds.features.ClassLabel(names=self.class_names)
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description="Images from a local folder, center-cropped and resized.",
         features=tfds.features.FeaturesDict(features),

@@ -318,7 +318,7 @@ class MOTChallenge(tfds_local.LocalFilesBuilder):
   CLASS_NAMES = CLASS_NAMES
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description="MOTChallenge sequences: frames and person boxes with identities.",
         features=vid.frame_features(),

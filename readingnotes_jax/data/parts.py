@@ -101,7 +101,7 @@ class PartsBuilder(tfds_local.LocalFilesBuilder):
     size, num_parts = self.image_size, len(self.part_names)
     tensor = lambda shape, dtype: tfds.features.Tensor(
         shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description=(self.__doc__ or "").strip().splitlines()[0],
         features=tfds.features.FeaturesDict({
@@ -535,7 +535,7 @@ class CamVidNegatives(camvid.CamVid):
     return f"{self.image_size}px"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description=(self.__doc__ or "").strip().splitlines()[0],
         features=tfds.features.FeaturesDict({"image": tfds.features.Tensor(

@@ -188,7 +188,7 @@ class SegmentationBuilder(tfds_local.LocalFilesBuilder):
     return len(cls.CLASS_NAMES)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description=(self.__doc__ or "").strip().splitlines()[0],
         features=tfds.features.FeaturesDict({

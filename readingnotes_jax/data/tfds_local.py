@@ -14,7 +14,7 @@ Conventions for builders (subclass `LocalFilesBuilder`):
   and the builder's own options (`_cache_tag`), so two source folders or two
   resolutions never share a build. Files changed in place below the top level
   are not detected: delete the cache sub-folder to rebuild.
-- Records keep the source order (`DatasetInfo(disable_shuffling=True)`);
+- Records keep the source order (`LocalDatasetInfo(disable_shuffling=True)`);
   pipelines shuffle.
 - Features are `tfds.features.Tensor` for raw arrays, with
   `encoding=tfds.features.Encoding.BYTES` for images (one bytes field instead
@@ -57,13 +57,26 @@ def _source_key(source_dir: pathlib.Path, tag: str) -> str:
   return f"{name}-{tag + '-' if tag else ''}{digest.hexdigest()[:10]}"
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+  """`tfds.core.DatasetInfo` of a build from local files.
+
+  A builder whose build folder does not exist yet calls `initialize_from_bucket`,
+  which in TFDS makes an empty `tmp*tfds` folder under the system's temporary
+  folder (never removed) before finding that there is no bucket to read. No
+  bucket holds these data sets' metadata: this does nothing.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    return None
+
+
 class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of the builders over a local source folder.
 
   Subclasses implement `_info`, `_split_generators` and `_generate_examples`
   (reading `self.source_dir`), and may override `_cache_tag` to key the build
-  on their options (e.g. the resolution). Build `DatasetInfo` with
-  `tfds.core.DatasetInfo(builder=self, disable_shuffling=True, ...)`
+  on their options (e.g. the resolution). Build the info with
+  `LocalDatasetInfo(builder=self, disable_shuffling=True, ...)`
   (`dataset_info_from_configs` looks for metadata files next to the module).
   """
 

@@ -189,7 +189,7 @@ class ImageNetVID(tfds_local.LocalFilesBuilder):
   CLASS_NAMES = CLASS_NAMES
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return tfds_local.LocalDatasetInfo(
         builder=self,
         description="ImageNet VID 2015 frames (and DET images of its 30 classes), boxes "
                     "with track ids.",

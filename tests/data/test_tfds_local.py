@@ -1,6 +1,7 @@
 """Build cache, locking and errors of tfds_local (through the MnistIdx builder)."""
 import concurrent.futures
 import pathlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -69,3 +70,15 @@ def test_values_are_numpy(tmp_path, write_mnist):
   record = source.__getitems__([1])[0]
   assert isinstance(record["image"], np.ndarray) and record["image"].dtype == np.uint8
   np.testing.assert_array_equal(record["image"][:, :, 0], images[1])
+
+
+def test_building_leaves_the_temporary_folder_alone(monkeypatch, tmp_path, write_mnist):
+  """TFDS's `DatasetInfo.initialize_from_bucket` leaves an empty `tmp*tfds` folder per new
+  builder; `LocalDatasetInfo` skips it (360 such folders piled up in /tmp per suite run)."""
+  write_mnist(tmp_path / "src", {"test": 2})
+  temporary = tmp_path / "tmp"
+  temporary.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+  for _ in range(2):  # A new build, then a builder over the finished one.
+    tfds_local.load(idx.MnistIdx(source_dir=tmp_path / "src", data_dir=tmp_path / "c"), "test")
+  assert list(temporary.iterdir()) == []
