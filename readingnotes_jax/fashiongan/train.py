@@ -19,8 +19,11 @@ phases of one run (positions are optimizer steps, `config.steps` gives each phas
    `model.compare_plain` also trains the plain G_image (and its D) side by side on the same
    batches and noise, so the two are compared like for like. `model.g_ema_beta` > 0 (not in
    the release) also keeps an exponential moving average of each G_image's parameters,
-   ema <- params + (ema - params) x beta after every step (ProGAN's `Gs`), which evaluation,
-   figures and the edit command use with G's BatchNorm running averages.
+   ema <- params + (ema - params) x beta after every step (ProGAN's `Gs`), and BatchNorm
+   running averages of its own: after each step the averaged G runs forward on the step's
+   batch in training mode, updating them as G's are (G's own are statistics of the raw
+   parameters' activations; BigGAN's "standing statistics" and SWA's `bn_update` likewise
+   re-estimate them for averaged weights). Evaluation, figures and the edit command use it.
 The release's G step reads D's output on the fake computed before D's update; here G's loss
 uses D after its update (as pix2pix and the DCGAN ports do). BatchNorm statistics: G's
 update once per step, D's once per forward of the D step (real, wrong, fake), as torch's
@@ -253,8 +256,13 @@ def image_step(gans, coder_params, batch, key, *, nets: Networks, tx, config):
         loss_config=config.loss, rngs={"dropout": key})
     beta = config.model.g_ema_beta
     if beta > 0:
-      new[variant]["g_ema"] = jax.tree.map(lambda e, p: p + (e - p) * beta,
-                                           gans[variant]["g_ema"], new[variant]["g"]["params"])
+      ema = gans[variant]["g_ema"]
+      params = jax.tree.map(lambda e, p: p + (e - p) * beta, ema["params"],
+                            new[variant]["g"]["params"])
+      _, stats = _apply_bn(nets.g_image[variant],
+                           {"params": params, "batch_stats": ema["batch_stats"]},
+                           batch["z"], d_code, condition, masks, rngs={"dropout": key})
+      new[variant]["g_ema"] = {"params": params, "batch_stats": stats}
     prefix = "image_" if i == 0 else f"{variant}_image_"
     metrics.update({prefix + k: v for k, v in m.items()})
   return new, metrics
@@ -335,8 +343,9 @@ def _variables(g: dict[str, Any]) -> dict[str, Any]:
 
 
 def _image_variables(gan: dict[str, Any]) -> dict[str, Any]:
-  """A G_image's inference variables: its moving average when kept (`model.g_ema_beta`)."""
-  return {"params": gan.get("g_ema", gan["g"]["params"]), "batch_stats": gan["g"]["batch_stats"]}
+  """A G_image's inference variables: its moving average and that average's BatchNorm
+  statistics when kept (`model.g_ema_beta`), else its own."""
+  return gan.get("g_ema", _variables(gan["g"]))
 
 
 def test_pairs(count: int, per_photo: int, seed: int) -> np.ndarray:
@@ -499,7 +508,9 @@ class Task:
     c = self.config
     return {"seed": c.seed, "data_source": c.data.source, "image_size": c.data.image_size,
             "steps": [c.steps[p] for p in PHASES], "image_variants": list(self.nets.g_image),
-            "image_generator": c.model.image_generator, "g_ema": c.model.g_ema_beta > 0,
+            "image_generator": c.model.image_generator,
+            # What the average holds (workdirs of commit da17ada averaged the parameters only).
+            "g_ema": "params, batch_stats" if c.model.g_ema_beta > 0 else False,
             "vocabulary_size": len(self.train_set.vocabulary)}
 
   def init_key(self) -> jax.Array:
@@ -530,7 +541,7 @@ class Task:
     gan = _gan_state(self.nets.g_image[variant], self.nets.d_image[variant], self.adam["image"],
                      key, g_inputs, d_inputs)
     if self.config.model.g_ema_beta > 0:
-      gan["g_ema"] = jax.tree.map(jnp.copy, gan["g"]["params"])
+      gan["g_ema"] = jax.tree.map(jnp.copy, _variables(gan["g"]))
     return gan
 
   def phase(self, position: int) -> int:
