@@ -245,13 +245,14 @@ def image_step(gans, coder_params, batch, key, *, nets: Networks, tx, config):
   condition = compose.colour_condition(batch["labels"])
   wrong_condition = compose.colour_condition(batch["wrong_labels"])
   masks = compose.region_masks(batch["labels"])
+  g_inputs = (batch["z"], d_code, condition, masks)
   g_loss = lambda fake_logits, out: losses.image_generator_loss(
       fake_logits, out, batch["image"], l1_weight=config.loss.l1_weight)
   new, metrics = {}, {}
   for i, variant in enumerate(nets.g_image):
     new[variant], m = gan_step(
         gans[variant], d_code, batch["image"], batch["wrong_image"],
-        (batch["z"], d_code, condition, masks), condition, wrong_condition, g_loss,
+        g_inputs, condition, wrong_condition, g_loss,
         generator=nets.g_image[variant], discriminator=nets.d_image[variant], tx=tx,
         loss_config=config.loss, rngs={"dropout": key})
     beta = config.model.g_ema_beta
@@ -261,7 +262,7 @@ def image_step(gans, coder_params, batch, key, *, nets: Networks, tx, config):
                             new[variant]["g"]["params"])
       _, stats = _apply_bn(nets.g_image[variant],
                            {"params": params, "batch_stats": ema["batch_stats"]},
-                           batch["z"], d_code, condition, masks, rngs={"dropout": key})
+                           *g_inputs, rngs={"dropout": key})
       new[variant]["g_ema"] = {"params": params, "batch_stats": stats}
     prefix = "image_" if i == 0 else f"{variant}_image_"
     metrics.update({prefix + k: v for k, v in m.items()})
