@@ -87,10 +87,21 @@ def _equal(a, b) -> bool:
   return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_each_phase_trains_only_its_networks(fake_data):
-  config = _config()
-  task = train.Task(config, mesh_lib.make_data_mesh(1))
-  state = jax.device_get(jax.jit(task.init_state)(task.init_key()))
+G_EMA_BETA, SHAPE_LR = 0.75, 1e-3
+
+
+@pytest.fixture(scope="module")
+def stepped(fake_data):
+  """(task, initial state on the host): one Task, so its jitted steps compile once for the
+  step tests below (G_shape at its own learning rate, an average far from G's)."""
+  task = train.Task(_config(**{"model.g_ema_beta": G_EMA_BETA,
+                               "optimizer.shape_learning_rate": SHAPE_LR}),
+                    mesh_lib.make_data_mesh(1))
+  return task, jax.device_get(jax.jit(task.init_state)(task.init_key()))
+
+
+def test_each_phase_trains_only_its_networks(stepped):
+  task, state = stepped
   ends = task.ends
   assert [task.phase(p) for p in (0, ends[0] - 1, ends[0], ends[1] - 1, ends[1])] == [0, 0, 1, 1, 2]
   for position, trained in ((0, "coder"), (ends[0], "shape"), (ends[1], "image")):
@@ -104,14 +115,13 @@ def test_each_phase_trains_only_its_networks(fake_data):
     state = new
 
 
-def test_shape_learning_rate_sizes_the_first_adam_step_of_the_shape_phase_only(fake_data):
+def test_shape_learning_rate_sizes_the_first_adam_step_of_the_shape_phase_only(stepped):
   """Adam's first step moves each parameter by lr |g| / (|g| + eps) (bias-corrected moments
   of one gradient), the learning rate wherever |g| >> eps: G_shape's largest change is
   `optimizer.shape_learning_rate`, G_image's (the next phase) `optimizer.learning_rate`."""
-  config = _config(**{"optimizer.shape_learning_rate": 1e-3})
-  task = train.Task(config, mesh_lib.make_data_mesh(1))
-  state = jax.device_get(jax.jit(task.init_state)(task.init_key()))
-  for position, part, lr in ((task.ends[0], "shape", 1e-3), (task.ends[1], "image", 2e-4)):
+  task, state = stepped
+  assert task.config.optimizer.learning_rate == 2e-4
+  for position, part, lr in ((task.ends[0], "shape", SHAPE_LR), (task.ends[1], "image", 2e-4)):
     new, _, info, _ = task.train_step(state, position, position)
     assert info["lr"] == lr
     new = jax.device_get(new)
@@ -126,16 +136,15 @@ def test_shape_learning_rate_sizes_the_first_adam_step_of_the_shape_phase_only(f
     state = new
 
 
-def test_g_ema_is_the_moving_average_of_g_image_with_its_own_statistics(fake_data):
+def test_g_ema_is_the_moving_average_of_g_image_with_its_own_statistics(stepped):
   """model.g_ema_beta: after each image step every G_image's average is params + (average -
   params) x beta, computed here in float64 from the stepped parameters; its BatchNorm running
   averages are updated by a training-mode forward of the new average on that step's batch
   (rebuilt here from the data stream), not G's; the evaluator renders with both (the same
   images as a state whose G holds them, not those of G's own variables, nor of the average's
   parameters with G's statistics). Out-of-range decays are refused."""
-  beta = 0.75
-  task = train.Task(_config(**{"model.g_ema_beta": beta}), mesh_lib.make_data_mesh(1))
-  state = jax.device_get(jax.jit(task.init_state)(task.init_key()))
+  task, state = stepped
+  beta = G_EMA_BETA
   as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
   average = {v: as64(state["image"][v]["g"]["params"]) for v in task.nets.g_image}
   for position in range(task.ends[1], task.ends[1] + 2):
@@ -196,19 +205,17 @@ def _bce(logits: np.ndarray, target: float) -> float:
   return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
 
 
-def test_shape_discriminator_loss_is_the_papers_weighted_bce(fake_data):
+def test_shape_discriminator_loss_is_the_papers_weighted_bce(stepped):
   """The D step's three terms are BCE of D on (real map, its condition), (another record's
   map and condition, this text) and G's map, each from a separate train-mode forward
   chained through the BatchNorm statistics; loss = real + 0.1 wrong + 0.9 fake."""
-  config = _config()
-  task = train.Task(config, mesh_lib.make_data_mesh(1))
-  state = jax.jit(task.init_state)(task.init_key())
+  task, state = stepped
   step = task.ends[0]
-  batch = jax.device_get(task._batch(step, config.batch_size,  # pylint: disable=protected-access
+  batch = jax.device_get(task._batch(step, task.config.batch_size,  # pylint: disable=protected-access
                                      ("words", "lengths", "labels", "wrong_labels",
                                       "shape_condition", "wrong_shape_condition", "z")))
-  nets, gan, coder = task.nets, jax.device_get(state["shape"]), jax.device_get(state["coder"])
-  _, metrics, _, _ = task.train_step(state, step, step)  # donates state["shape"].
+  nets, gan, coder = task.nets, state["shape"], state["coder"]
+  _, metrics, _, _ = task.train_step(state, step, step)
   metrics = jax.device_get(metrics)
   d_code = nets.coder.apply({"params": coder["params"]}, batch["words"], batch["lengths"])[0]
   fake, _ = nets.g_shape.apply(gan["g"], batch["z"], d_code, batch["shape_condition"],
