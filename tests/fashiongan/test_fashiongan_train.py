@@ -76,6 +76,7 @@ def fake_data():
 
 def _config(**overrides):
   config = ccp_fashiongan.get_config("test")
+  config.model.compare_plain = True  # both G_image variants (`:test` trains one).
   config.eval.sentences_per_photo = 2
   for key, value in overrides.items():
     section, name = key.split(".") if "." in key else (None, key)
