@@ -5,9 +5,12 @@ ConfigDict), `--config.KEY=VALUE` overrides, `--workdir`, and per-command
 extras. A config with `xla_cpu_ynn = True` hands XLA:CPU's dots (and the YNN fusion types
 in its `xla_cpu_ynn_types`, if set) to YNNPACK
 (`readingnotes_jax.nn.conv.enable_xla_cpu_ynn`). Any `UserError` (and any bad
-flag) ends the process with one line on stderr and exit code 2.
+flag) ends the process with one line on stderr and exit code 2; log records (warnings such as
+the bfloat16-to-float32 fallback on a CPU without bfloat16 dots) go to stdout, so that line
+stays alone on stderr.
 """
 import importlib
+import logging
 import sys
 from typing import Callable
 
@@ -35,6 +38,8 @@ def run(main: Callable[[flags.FlagValues], None], argv: list[str] | None = None)
   """Parses flags and runs `main(FLAGS)`; bad input -> one line on stderr, exit 2."""
   argv = sys.argv if argv is None else argv
   prog = argv[0].rsplit("/", 1)[-1]
+  # force: absl's first log record at import time (orbax's) gave the root logger a stderr handler.
+  logging.basicConfig(stream=sys.stdout, format="%(levelname)s:%(name)s: %(message)s", force=True)
   try:
     try:
       flags.FLAGS(argv)
