@@ -7,11 +7,15 @@ while it trains:
   tensorboard --logdir WORKDIR/tensorboard
 
 (`pip install tensorboard` where you view; this package does not need it.)
-The events are framed and serialized by tensorboardX, which needs no TensorFlow.
+The few protobuf fields an event needs (tensorflow/core/util/event.proto,
+summary.proto) are encoded here and framed as TFRecords (length, masked CRC-32C
+of it, payload, masked CRC-32C of that): tensorboardX, which did this before,
+imports torch when torch is installed (3 s at every start).
 """
 import io
 import pathlib
 import socket
+import struct
 import time
 from typing import Any, Mapping
 
@@ -36,8 +40,6 @@ class TensorBoardWriter:
 
   def __init__(self, logdir: str | pathlib.Path, flush_secs: float = 2.0,
                resume_step: int | None = None):
-    # Imported here: tensorboardX imports torch when torch is installed.
-    import tensorboardX
     self.logdir = pathlib.Path(logdir)
     self.logdir.mkdir(parents=True, exist_ok=True)
     # TensorBoard reads a run's event files in name order: time, then host.
@@ -49,10 +51,11 @@ class TensorBoardWriter:
       self.path = self.logdir / f"{name}.{n}"
     self._flush_secs = flush_secs
     self._last_flush = time.monotonic()
-    self._record = tensorboardX.RecordWriter(str(self.path))
-    self._write_event(file_version="brain.Event:2")
-    if resume_step is not None:
-      self._write_event(step=int(resume_step) + 1, session_log={"status": "START"})
+    self._record = open(self.path, "wb")  # pylint: disable=consider-using-with
+    self._write_event(_string(3, b"brain.Event:2"))  # Event.file_version
+    if resume_step is not None:  # Event.session_log {status: START}
+      self._write_event(_varint_field(2, int(resume_step) + 1) +
+                        _message(7, _varint_field(1, _SESSION_START)))
     self.flush()
 
   def scalars(self, step: int, values: Mapping[str, Any]) -> None:
@@ -64,9 +67,12 @@ class TensorBoardWriter:
     """
     flat: dict[str, float] = {}
     _flatten("", values, flat)
-    if flat:
-      self._write_event(step=int(step), summary={
-          "value": [{"tag": tag, "simple_value": v} for tag, v in flat.items()]})
+    if flat:  # Summary.value: {tag, simple_value (float32; beyond its range: inf)} each.
+      with np.errstate(over="ignore"):
+        values = np.array(list(flat.values()), "<f4")
+      self._write_summary(step, b"".join(
+          _message(1, _string(1, tag.encode()) + _tag(2, 5) + v.tobytes())
+          for tag, v in zip(flat, values)))
 
   def image(self, step: int, name: str, array: Any) -> None:
     """Writes one image, HW or HWC with 1 or 3 channels, as a PNG.
@@ -119,18 +125,74 @@ class TensorBoardWriter:
 
   def _write_image(self, step: int, name: str, png: bytes, height: int,
                    width: int, channels: int) -> None:
-    self._write_event(step=int(step), summary={"value": [{"tag": name, "image": {
-        "height": height, "width": width, "colorspace": channels,
-        "encoded_image_string": png}}]})
+    image = (_varint_field(1, height) + _varint_field(2, width) + _varint_field(3, channels) +
+             _string(4, png))  # Summary.Image
+    self._write_summary(step, _message(1, _string(1, name.encode()) + _message(4, image)))
 
-  def _write_event(self, **fields: Any) -> None:
-    from tensorboardX.proto import event_pb2
+  def _write_summary(self, step: int, values: bytes) -> None:
+    """An Event {step, summary: Summary{values}}; flushed when the last flush is old."""
+    self._write_event(_varint_field(2, int(step)) + _message(5, values))
+    if time.monotonic() - self._last_flush >= self._flush_secs:
+      self.flush()
+
+  def _write_event(self, fields: bytes) -> None:
+    """One TFRecord holding an Event: wall_time (field 1, double) then `fields`."""
     if self._record is None:
       raise ValueError(f"TensorBoardWriter for {self.logdir} is closed")
-    event = event_pb2.Event(wall_time=time.time(), **fields)
-    self._record.write(event.SerializeToString())
-    if "summary" in fields and time.monotonic() - self._last_flush >= self._flush_secs:
-      self.flush()
+    event = _tag(1, 1) + struct.pack("<d", time.time()) + fields
+    header = struct.pack("<Q", len(event))
+    self._record.write(header + struct.pack("<I", _masked_crc(header)) + event +
+                       struct.pack("<I", _masked_crc(event)))
+
+
+_SESSION_START = 1  # SessionLog.SessionStatus.START
+
+
+def _varint(value: int) -> bytes:
+  value &= (1 << 64) - 1  # negative int64s as ten bytes, as protobuf writes them.
+  out = bytearray()
+  while True:
+    byte, value = value & 0x7F, value >> 7
+    out.append(byte | (0x80 if value else 0))
+    if not value:
+      return bytes(out)
+
+
+def _tag(field: int, wire_type: int) -> bytes:
+  return _varint(field << 3 | wire_type)
+
+
+def _varint_field(field: int, value: int) -> bytes:
+  return _tag(field, 0) + _varint(value)
+
+
+def _string(field: int, data: bytes) -> bytes:
+  return _tag(field, 2) + _varint(len(data)) + data
+
+
+_message = _string  # an embedded message is length-delimited like bytes.
+
+
+def _crc32c_table() -> tuple[int, ...]:
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    table.append(crc)
+  return tuple(table)
+
+
+_CRC32C = _crc32c_table()
+
+
+def _masked_crc(data: bytes) -> int:
+  """TFRecord's masked CRC-32C (Castagnoli polynomial, reflected) of `data`."""
+  crc, table = 0xFFFFFFFF, _CRC32C
+  for byte in data:
+    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _flatten(prefix: str, values: Mapping[str, Any], out: dict[str, float]) -> None:

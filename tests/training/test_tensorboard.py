@@ -1,4 +1,5 @@
-"""TensorBoardWriter: event files read back with a TFRecord parser written here."""
+"""TensorBoardWriter: event files read back with a TFRecord parser written here and
+tensorboardX's protobuf classes (compiled from TensorFlow's event.proto)."""
 import io
 import math
 import os
@@ -76,7 +77,7 @@ def test_scalars_and_images_read_back(tmp_path):
         "loss": 0.5, "lr": np.float32(1e-3), "images_seen": 7, "zero_d": np.array(3.5),
         "nested": {"g": {"adv": 2.0}, "d": -1.0}, "nan": float("nan"), "inf": -math.inf,
         "name": "x", "hist": [1, 2], "arr": np.zeros(3), "flag": True, "none": None})
-    writer.scalars(np.int64(2), {"loss": 0.25})
+    writer.scalars(np.int64(2), {"loss": 0.25, "huge": 1e300})  # float32 field: inf.
     writer.image(2, "samples", rgb)
     writer.image(3, "gray", gray)
     assert writer.path.parent == logdir
@@ -92,7 +93,8 @@ def test_scalars_and_images_read_back(tmp_path):
   assert first["lr"] == np.float32(1e-3)
   assert first["nested/g/adv"] == 2.0 and first["nested/d"] == -1.0
   assert math.isnan(first["nan"]) and first["inf"] == -math.inf
-  assert [(v.tag, v.simple_value) for v in events[2].summary.value] == [("loss", 0.25)]
+  assert [(v.tag, v.simple_value) for v in events[2].summary.value] == [("loss", 0.25),
+                                                                      ("huge", math.inf)]
 
   for event, name, want in [(events[3], "samples", rgb),
                             (events[4], "gray", np.round(gray[..., 0] * 255).astype(np.uint8))]:
