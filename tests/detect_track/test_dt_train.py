@@ -17,6 +17,7 @@ from experiments.configs.detect_track import mot_dt_resnet50, vid_rfcn_resnet50
 from readingnotes_jax.detect_track import data as dt_data
 from readingnotes_jax.detect_track import train as dt_train
 from readingnotes_jax.training import mesh as mesh_lib, runner
+from readingnotes_jax.training.checkpoint import Checkpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "experiments/configs/detect_track/mot_dt_resnet50.py"
@@ -95,13 +96,14 @@ def two_phase_run(mot_root, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("dt_run")
   task = dt_train.make_task(config, mesh_lib.make_data_mesh(1))
   initial = jax.device_get(jax.jit(task.init_state)(task.init_key()))
-  runner.train(config, str(workdir), dt_train.make_task, stop_after_steps=3)
-  states = {}
-  for when in ("detector", "final"):
-    state, _ = runner.restore_latest(workdir, runner.abstract_state(task))
-    states[when] = jax.device_get(state)
-    if when == "detector":
-      runner.train(config, str(workdir), dt_train.make_task)
+  runner.train(config, str(workdir), dt_train.make_task)
+  assert config.detector.iterations == 3  # its last checkpoint is the phase's end, kept.
+  ckpt = Checkpointer(workdir / "checkpoints")
+  try:
+    states = {when: jax.device_get(ckpt.restore(runner.abstract_state(task), step)[0])
+              for when, step in (("detector", 3), ("final", ckpt.latest_step()))}
+  finally:
+    ckpt.close()
   return workdir, states["detector"], states["final"], initial
 
 
