@@ -11,8 +11,12 @@ differ only in data source and sizes, covered above):
 - three more bad inputs (unknown key, another seed, `--stop_after_steps=0`) likewise;
 - a non-finite loss stops the run and keeps the last good checkpoint;
 - 8 simulated devices give the 1-device run's losses and state up to float error;
-- two processes of 4 devices each (jax.distributed over 127.0.0.1, gloo collectives),
-  stopped after 3 steps and resumed, give the 8-device run's losses and state.
+- two processes of 4 devices each (jax.distributed over 127.0.0.1, gloo collectives) give
+  the 8-device run's losses; for ProGAN and PSPNet (the multi-host issue's pair) the
+  two-process run is stopped after 3 steps and resumed on the way. The other papers run on
+  the same runner and checkpoint wrapper, so their two-process run goes straight through:
+  their own part, the per-process slice of each batch, is what it checks, and a second
+  launch would double its cost (two processes that trace and compile everything again).
 A new paper is covered by adding its config files (and a writer for a new data source).
 """
 import hashlib
@@ -318,15 +322,21 @@ def _two_processes(name: str, data: dict, workdir: pathlib.Path, *extra: str) ->
     assert p.returncode == 0, err[-3000:]
 
 
+# Papers whose two-process run is stopped and resumed (see the module docstring).
+TWO_PROCESS_RESUME = ("progan", "pspnet")
+
+
 @pytest.mark.parametrize("name", by_config(FIRST_OF_PAPER))
-def test_two_processes_resume_to_the_eight_device_run(name, eight_device_runs, data_overrides,
-                                                      tmp_path):
+def test_two_processes_give_the_eight_device_run(name, eight_device_runs, data_overrides,
+                                                 tmp_path):
   """Two processes (the 8-device program, its all-reduces through gloo in another order),
-  stopped after 3 steps and resumed, give the 8-device run's losses and final state up to
-  float error: a resume that lost or repeated a step, a key or a shard would not."""
+  for ProGAN and PSPNet stopped after 3 steps and resumed, give the 8-device run's losses up
+  to float error: a wrong per-process slice of the batch, or a resume that lost or repeated a
+  step, a key or a shard, would not."""
   data = data_overrides(name)
-  _two_processes(name, data, tmp_path, "--stop_after_steps=3")
-  assert loss_rows(tmp_path)[-1]["step"] == 3
+  if name.split("/")[0] in TWO_PROCESS_RESUME:
+    _two_processes(name, data, tmp_path, "--stop_after_steps=3")
+    assert loss_rows(tmp_path)[-1]["step"] == 3
   _two_processes(name, data, tmp_path)
   # Losses only: gloo's reduction order moves single optimizer-state entries (a BatchNorm
   # bias's momentum seen at > 1e-4 relative) beyond the per-array bar used for 8 vs 1.
