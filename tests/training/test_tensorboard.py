@@ -1,5 +1,5 @@
-"""TensorBoardWriter: event files read back with a TFRecord parser written here and
-tensorboardX's protobuf classes (compiled from TensorFlow's event.proto)."""
+"""TensorBoardWriter: event files read back with a TFRecord parser written here, and
+tensorboardX's CRC-32C and protobuf classes (compiled from TensorFlow's event.proto)."""
 import io
 import math
 import os
@@ -13,25 +13,10 @@ import pytest
 from readingnotes_jax.training.tensorboard import TensorBoardWriter
 
 
-def _crc32c_table() -> list[int]:
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_TABLE = _crc32c_table()
-
-
 def _crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), reflected, from its polynomial."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
+  """CRC-32C by tensorboardX's own code (a table written out, not generated as ours is)."""
+  from tensorboardX.crc32c import crc32c
+  return crc32c(data)
 
 
 def _masked(crc: int) -> int:
@@ -40,7 +25,7 @@ def _masked(crc: int) -> int:
 
 def _read_events(path: pathlib.Path) -> list:
   """Parses TFRecord framing, checking both CRCs, and decodes each Event."""
-  from tensorboardX.proto import event_pb2  # Decoding only; the framing is ours.
+  from tensorboardX.proto import event_pb2
   data = path.read_bytes()
   events, i = [], 0
   while i < len(data):
