@@ -94,11 +94,6 @@ def test_committed_notebook_has_outputs(name):
 def test_notebook_runs(name, data_dir, tmp_path, monkeypatch):
   """Runs top to bottom on the real data, draws its figures, leaves the file as it was."""
   monkeypatch.setenv("READINGNOTES_DATA", str(data_dir))
-  # The kernel compiles at LLVM's -O0 (as the contract's two-process runs; see FAST_COMPILE
-  # there): the notebooks' programs compile in about half the time and nothing is compared
-  # across builds.
-  monkeypatch.setenv("XLA_FLAGS",
-                     f"--xla_backend_optimization_level=0 {os.environ.get('XLA_FLAGS', '')}")
   path = NOTEBOOKS / name
   committed = hashlib.sha256(path.read_bytes()).hexdigest()
   notebook, seconds = execute(path, tmp_path / "kernels")

@@ -156,7 +156,7 @@ def test_checkpoint_of_another_class_count_is_refused(full_run, camvid, tmp_path
 
 MESH_SCRIPT = """
 import functools, json, os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from pspnet_testlib import TinyPSPNet, tiny_config
 from readingnotes_jax.pspnet import predict, train

@@ -86,6 +86,7 @@ def test_a_replicated_state_on_cpu_devices_is_saved_without_a_slice_per_device(t
   import os, subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
   r = subprocess.run([sys.executable, "-c", REPLICATED_SAVE, str(tmp_path / "ckpt")],
                      capture_output=True, text=True, timeout=300,
-                     env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+                     env={**os.environ, "XLA_FLAGS": os.environ["XLA_FLAGS"] +
+                          " --xla_force_host_platform_device_count=8"})
   assert r.returncode == 0, r.stderr[-3000:]
   assert r.stdout.split()[-2:] == ["slices", "0"], r.stdout[-500:]
