@@ -3,21 +3,22 @@
 Each config file under experiments/configs/<paper>/ is run at its `:test`
 variant on tiny generated data of its own data source (tiny_data.py):
 - a full run writes loss rows, evaluations, figures, config.json and TensorBoard events;
-- stopped twice with `--stop_after_steps` and resumed, it ends with the same loss rows
-  and a bit-identical state;
+- stopped with `--stop_after_steps` after step 3 (ProGAN's first config: and again after
+  step 5) and resumed, it ends with the same loss rows and a bit-identical state;
 - missing data exits 2 with one line on stderr and leaves a finished workdir untouched;
 and, for one config per paper (the first file of its folder; the other configs of a paper
 differ only in data source and sizes, covered above):
 - three more bad inputs (unknown key, another seed, `--stop_after_steps=0`) likewise;
 - a non-finite loss stops the run and keeps the last good checkpoint;
-- 8 simulated devices give the 1-device run's losses, parameters and BatchNorm statistics up
-  to float error;
-- two processes of 4 devices each (jax.distributed over 127.0.0.1, gloo collectives) give
-  the 8-device run's losses; for ProGAN and PSPNet (the multi-host issue's pair) the
-  two-process run is stopped after 3 steps and resumed on the way. The other papers run on
-  the same runner and checkpoint wrapper, so their two-process run goes straight through:
-  their own part, the per-process slice of each batch, is what it checks, and a second
-  launch would double its cost (two processes that trace and compile everything again).
+- two processes of 4 devices each (jax.distributed over 127.0.0.1, gloo collectives: 8
+  devices in all) give the 1-device run's losses, parameters and BatchNorm statistics up to
+  float error; for ProGAN and PSPNet (the multi-host issue's pair) the two-process run is
+  stopped after 3 steps and resumed on the way. The other papers run on the same runner and
+  checkpoint wrapper, so their two-process run goes straight through: their own part, the
+  per-process slice of each batch, is what it checks, and a second launch would double its
+  cost (two processes that trace and compile everything again). There is no separate
+  one-process 8-device run: the two-process run is one, with the process split on top (it
+  cost 267 s of the suite's 3,300 worker-seconds and checked a subset of the same code).
 A new paper is covered by adding its config files (and a writer for a new data source).
 """
 import hashlib
@@ -65,7 +66,7 @@ def by_config(names):
   """Parameters grouped per config, so `pytest -n 2 --dist loadgroup` keeps a config's
   tests (and its cached runs) on one worker."""
   return [pytest.param(n, id=n, marks=pytest.mark.xdist_group(n)) for n in names]
-# 8 devices vs 1: the same arithmetic with sums split over devices, so float32 rounding
+# 8 devices (two processes of 4) vs 1: the same arithmetic with sums split over devices, so float32 rounding
 # differs (2^-24 relative per addition) and grows through the run's few steps. Losses are
 # compared elementwise at rtol 1e-4 (the trainers' own 8-vs-1 bar since stop 5); parameters
 # and BatchNorm statistics norm-wise per array, ||a - b|| <= 1e-4 ||a||: BatchNorm over a 3x3
@@ -179,6 +180,14 @@ def test_full_run_writes_the_contract_files(name, full_runs):
   assert any((workdir / "tensorboard").iterdir())
 
 
+# Stopped a second time after resuming (`--stop_after_steps` counts this process's steps; the
+# metrics rows are cut back twice): the runner's own behaviour, checked on its cheapest run.
+# Every other config stops once, at step 3 (a second stop cost one more trace of every
+# program: 30 s of FashionGAN's 90 s).
+STOPPED_TWICE = ("progan/celeba_hq_1024",)
+assert set(STOPPED_TWICE) <= set(CONFIGS), STOPPED_TWICE
+
+
 @pytest.mark.parametrize("name", by_config(CONFIGS))
 def test_resume_after_stop_is_exact(name, full_runs, data_overrides, tmp_path):
   full_dir, _ = full_runs(name)
@@ -186,7 +195,9 @@ def test_resume_after_stop_is_exact(name, full_runs, data_overrides, tmp_path):
   make_task = make_task_of(config)
   assert runner.train(config, str(tmp_path), make_task, stop_after_steps=3) == {}
   assert loss_rows(tmp_path)[-1]["step"] == 3
-  runner.train(config, str(tmp_path), make_task, stop_after_steps=2)
+  if name in STOPPED_TWICE:
+    assert runner.train(config, str(tmp_path), make_task, stop_after_steps=2) == {}
+    assert loss_rows(tmp_path)[-1]["step"] == 5
   runner.train(config, str(tmp_path), make_task)
   assert loss_rows(tmp_path) == loss_rows(full_dir)
   a, meta_a = final_state(full_dir, config)
@@ -266,38 +277,12 @@ def _compare_runs(a_dir: pathlib.Path, b_dir: pathlib.Path, config, states: bool
   jax.tree_util.tree_map_with_path(close, a, b)
 
 
-@pytest.fixture(scope="module")
-def eight_device_runs(data_overrides, tmp_path_factory):
-  """{config name: workdir} of one run on 8 simulated CPU devices (a fresh process)."""
-  runs = {}
-
-  def get(name):
-    if name not in runs:
-      workdir = tmp_path_factory.mktemp(name.replace("/", "_") + "_8dev")
-      r = python("-m", "experiments.train",
-                 *config_flags(name, {**data_overrides(name), "num_devices": 8}),
-                 f"--workdir={workdir}",
-                 env={"XLA_FLAGS": os.environ["XLA_FLAGS"] +
-                      " --xla_force_host_platform_device_count=8"})
-      assert r.returncode == 0, r.stderr[-3000:]
-      runs[name] = workdir
-    return runs[name]
-  return get
-
-
-# Papers whose 8-device and 1-device states are compared by their losses only. FashionGAN: its
+# Papers whose two-process and 1-device states are compared by their losses only. FashionGAN: its
 # losses agree within the bar, but single Adam moments and parameters of the text paths
 # (D's text BatchNorm, G's text projection) differ by up to 5e-2 relative after 7 steps; the
 # likely cause, not verified: Adam scales each update by its gradient's own size, so entries
 # whose gradient is mostly rounding move by a full learning rate either way.
 LOSSES_ONLY = ("fashiongan",)
-
-
-@pytest.mark.parametrize("name", by_config(FIRST_OF_PAPER))
-def test_eight_devices_match_one(name, full_runs, eight_device_runs, data_overrides):
-  full_dir, _ = full_runs(name)
-  _compare_runs(full_dir, eight_device_runs(name), load_config(name, data_overrides(name)),
-                states=name.split("/")[0] not in LOSSES_ONLY)
 
 
 def _free_port() -> int:
@@ -339,17 +324,18 @@ TWO_PROCESS_RESUME = ("progan", "pspnet")
 
 
 @pytest.mark.parametrize("name", by_config(FIRST_OF_PAPER))
-def test_two_processes_give_the_eight_device_run(name, eight_device_runs, data_overrides,
-                                                 tmp_path):
-  """Two processes (the 8-device program, its all-reduces through gloo in another order),
-  for ProGAN and PSPNet stopped after 3 steps and resumed, give the 8-device run's losses up
-  to float error: a wrong per-process slice of the batch, or a resume that lost or repeated a
-  step, a key or a shard, would not."""
+def test_two_processes_of_four_devices_give_the_one_device_run(name, full_runs, data_overrides,
+                                                               tmp_path):
+  """Two processes of 4 devices (the 8-device program, its all-reduces through gloo), for
+  ProGAN and PSPNet stopped after 3 steps and resumed, give the 1-device run's losses,
+  parameters and BatchNorm statistics up to float error: per-device BatchNorm statistics, a
+  wrong per-process slice of the batch, or a resume that lost or repeated a step, a key or a
+  shard, would not."""
+  full_dir, _ = full_runs(name)
   data = data_overrides(name)
   if name.split("/")[0] in TWO_PROCESS_RESUME:
     _two_processes(name, data, tmp_path, "--stop_after_steps=3")
     assert loss_rows(tmp_path)[-1]["step"] == 3
   _two_processes(name, data, tmp_path)
-  # Losses only: gloo's reduction order moves single optimizer-state entries (a BatchNorm
-  # bias's momentum seen at > 1e-4 relative) beyond the per-array bar used for 8 vs 1.
-  _compare_runs(eight_device_runs(name), tmp_path, load_config(name, data), states=False)
+  _compare_runs(full_dir, tmp_path, load_config(name, data),
+                states=name.split("/")[0] not in LOSSES_ONLY)
