@@ -152,7 +152,7 @@ def _sizes_and_mean_rows(components: np.ndarray, count: int, rows: np.ndarray
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
   """Binary dilation of bool [H, W] by the 3 x 3 square (8-neighbours; nothing outside the
-  image), as `scipy.ndimage.binary_dilation(mask, np.ones((3, 3)))` but 30x faster."""
+  image), as `scipy.ndimage.binary_dilation(mask, np.ones((3, 3)))` (11 -> 0.7 ms on a CCP map)."""
   return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
 
