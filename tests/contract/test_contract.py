@@ -305,6 +305,12 @@ def _two_processes(name: str, data: dict, workdir: pathlib.Path, *extra: str) ->
   collective; on a loaded 2-core machine one process can finish compiling later than that
   (seen once under `pytest -n 2`: "Gloo context initialization failed: DEADLINE_EXCEEDED").
   That failure happens before any step or checkpoint, so the launch is retried once.
+
+  Both processes trace and compile every program cold, and the second launch of a resume
+  compiles cold again in process 1: with jax 0.10.2 on CPU the two processes' persistent
+  cache keys differ (their `accelerator_config` hashes), and only process 0 writes the cache.
+  For the same reason `JAX_SHARE_BINARY_BETWEEN_HOSTS=1` (process 0 compiles, the others
+  receive the binary) hangs here: process 1 waits for a key process 0 never writes.
   """
   for attempt in range(2):
     port = _free_port()
