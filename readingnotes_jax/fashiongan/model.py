@@ -315,17 +315,21 @@ class ImageGenerator(_Layers):
 
   `compositional=True` (paper section 3.3, not in the release): the last layer gives 3
   channels per label, each region's rendering, composed under `masks` [B, S, S, 7].
+  `noise=False` (not the release): z is replaced by zeros, so the image is a function of
+  (d, condition) alone (the same parameters either way).
   """
   size: int = 128
   noise_size: int = NOISE_SIZE
   compositional: bool = False
   num_labels: int = compose.NUM_LABELS
+  noise: bool = True
 
   @nn.compact
   def __call__(self, z, d, condition, masks=None, *, train: bool):
     _check_size(self.size)
     _check_inputs("ImageGenerator", z, d, condition, (self.size, self.size, 3),
                   self.noise_size)
+    z = z if self.noise else jnp.zeros_like(z)
     f = self.features
     deconv = lambda x, c, name: self.conv(x, c, 4, 2, 1, name, train=train, act=nn.relu,
                                           transpose=True)
@@ -390,12 +394,13 @@ class UNetImageGenerator(_Layers):
   of relu([z, lrelu(W d), e7]) (612) to 512 @ 2 with BN and dropout 0.5, joined with e6;
   d2, d3 likewise (512, dropout), d4 256, d5 128, d6 64 (BN, no dropout), each joined with
   the mirror encoder output; relu -> deconv 3 @ 128 -> tanh. `init_std` defaults to
-  ih1_skip's 0.02. `compositional` as in `ImageGenerator`.
+  ih1_skip's 0.02. `compositional` and `noise` as in `ImageGenerator`.
   """
   size: int = 128
   noise_size: int = NOISE_SIZE
   compositional: bool = False
   num_labels: int = compose.NUM_LABELS
+  noise: bool = True
   init_std: float = UNET_INIT_STD
   dropout_rate: float = DROPOUT_RATE
 
@@ -404,6 +409,7 @@ class UNetImageGenerator(_Layers):
     _check_size(self.size)
     _check_inputs("UNetImageGenerator", z, d, condition, (self.size, self.size, 3),
                   self.noise_size)
+    z = z if self.noise else jnp.zeros_like(z)
     f = self.features
     encoder = [("e1", 1, False)] + ([("e2", 2, True)] if self.size == 128 else []) + [
         ("e3", 4, True), ("e4", 8, True), ("e5", 8, True), ("e6", 8, True), ("e7", 8, False)]

@@ -17,7 +17,8 @@ phases of one run (positions are optimizer steps, `config.steps` gives each phas
    `model.image_generator` "encoder_decoder" (ih1) or "unet" (ih1_skip, the demo's, with the
    patch D); `model.compositional` renders each region under its mask (paper section 3.3);
    `model.compare_plain` also trains the plain G_image (and its D) side by side on the same
-   batches and noise, so the two are compared like for like. `model.g_ema_beta` > 0 (not in
+   batches and noise, so the two are compared like for like. `model.image_noise=False` (not
+   in the release) gives G_image zeros for z. `model.g_ema_beta` > 0 (not in
    the release) also keeps an exponential moving average of each G_image's parameters,
    ema <- params + (ema - params) x beta after every step (ProGAN's `Gs`), and BatchNorm
    running averages of its own: after each step the averaged G runs forward on the step's
@@ -115,14 +116,17 @@ class Networks:
     self.g_shape = model.ShapeGenerator(**common)
     self.d_shape = model.ShapeDiscriminator(**common)
     unet = m.image_generator == "unet"
+    noise = m.get("image_noise", True)  # absent in older config.json files
     self.g_image, self.d_image = {}, {}
     for variant in image_variants(config):
       compositional = variant == COMPOSITIONAL
       if unet:
-        self.g_image[variant] = model.UNetImageGenerator(compositional=compositional, **common)
+        self.g_image[variant] = model.UNetImageGenerator(compositional=compositional,
+                                                         noise=noise, **common)
         self.d_image[variant] = model.PatchImageDiscriminator(**common)
       else:
-        self.g_image[variant] = model.ImageGenerator(compositional=compositional, **common)
+        self.g_image[variant] = model.ImageGenerator(compositional=compositional, noise=noise,
+                                                     **common)
         self.d_image[variant] = model.ImageDiscriminator(**common)
     self.attribute_names = tuple(name for name, _ in attributes)
 
@@ -512,6 +516,8 @@ class Task:
             "image_generator": c.model.image_generator,
             # What the average holds (workdirs of commit da17ada averaged the parameters only).
             "g_ema": "params, batch_stats" if c.model.g_ema_beta > 0 else False,
+            # Only when off, so workdirs made before the key resume.
+            **({} if c.model.get("image_noise", True) else {"image_noise": False}),
             "vocabulary_size": len(self.train_set.vocabulary)}
 
   def init_key(self) -> jax.Array:

@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image_generator = "encoder_decoder"  # encoder_decoder (ih1) | unet (ih1_skip, the demo's).
   c.model.compositional = False    # paper 3.3: each region rendered under its own mask.
   c.model.compare_plain = False    # with compositional: also train the plain G_image alongside.
+  c.model.image_noise = True       # G_image sees z (the release); False: zeros instead.
   c.model.g_ema_beta = 0.0         # > 0: evaluate a moving average of G_image (not the release).
   c.model.dtype = "float32"        # compute dtype; bfloat16 keeps parameters in float32.
 
