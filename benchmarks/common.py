@@ -14,6 +14,26 @@ def machine_description() -> dict:
           "load_average_before": os.getloadavg()[0]}
 
 
+def torch_device():
+  """The peer's PyTorch device: CUDA when JAX's backend is a GPU, else the CPU."""
+  import torch  # pylint: disable=import-outside-toplevel
+  return torch.device("cuda" if jax.default_backend() == "gpu" else "cpu")
+
+
+def torch_synced(fn, device):
+  """`fn` followed by a wait for `device` (PyTorch's CUDA calls return before they finish)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  if device.type != "cuda":
+    return fn
+
+  def run(*args):
+    out = fn(*args)
+    torch.cuda.synchronize()
+    return out
+
+  return run
+
+
 def seconds(fn, *args, repeats: int) -> tuple[float, float]:
   """Best wall-clock and best process-CPU seconds of one call, after a warm-up call.
 

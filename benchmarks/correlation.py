@@ -12,7 +12,9 @@ line starts with the CPU's model and flags (`common.machine_description`).
 The layer's limit on this machine, measured in the same run: its FLOPs at the rate of one
 large float32 matmul (XLA), or its bytes (two inputs read, the output written; forward+
 backward: the output's gradient read and two input gradients written as well) at the rate
-of an array copy, whichever is slower.
+of an array copy, whichever is slower. On a GPU the matmul is 8192^3 at JAX's default
+precision (TF32 on NVIDIA since Ampere, as the layer's own float32 products), and the PyTorch
+loop runs on CUDA, each timed call waiting for it.
 
   python -m benchmarks.correlation [--repeats 3] [--methods matmul,conv]
 """
@@ -52,19 +54,21 @@ def _torch_loop_seconds(shape, d, s1, s2, pad, repeats):
   if s1 != s2 or pad != d:
     return None
   n, h, w, c = shape
-  a = torch.randn(n, c, h, w, requires_grad=True)
-  b = torch.randn(n, c, h, w, requires_grad=True)
+  device = common.torch_device()
+  a = torch.randn(n, c, h, w, device=device, requires_grad=True)
+  b = torch.randn(n, c, h, w, device=device, requires_grad=True)
   fwd = lambda: torch_detect_track.correlation(a, b, d, s1)
   fwd_bwd = lambda: torch_detect_track.correlation(a, b, d, s1).sin().sum().backward()
-  return {name: common.seconds(fn, repeats=repeats)
+  return {name: common.seconds(common.torch_synced(fn, device), repeats=repeats)
           for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd))}
 
 
 def _machine_rates(repeats):
   """(float32 matmul FLOP/s, copy bytes/s) measured with XLA on this machine."""
-  a = jnp.ones((2048, 2048), jnp.float32)
+  n = 8192 if jax.default_backend() == "gpu" else 2048
+  a = jnp.ones((n, n), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
-  flop_rate = 2 * 2048 ** 3 / common.seconds(matmul, a, repeats=repeats)[0]
+  flop_rate = 2 * n ** 3 / common.seconds(matmul, a, repeats=repeats)[0]
   big = jnp.ones((64 * 2 ** 20,), jnp.float32)  # 256 MB, beyond the caches
   copy = jax.jit(lambda x: x + 1)
   byte_rate = 2 * big.size * 4 / common.seconds(copy, big, repeats=repeats)[0]

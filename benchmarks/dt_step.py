@@ -15,8 +15,9 @@ Timed in rounds after one warm-up call each, the order reversed every other roun
 are the peer's float32 median seconds over ours (> 1: we are faster; goals: >= 1.0 float32,
 >= 1.5 bfloat16 on CPUs with bfloat16 instructions, as the other step benchmarks), and
 `ratio_bfloat16_vs_torch_autocast` the peer's bfloat16 autocast over ours. Default input: 320 x 480 frames (a
-VID frame at about half the official 600 px scale). Prints one JSON line with the CPU model
-and flags.
+VID frame at about half the official 600 px scale). On a GPU the peer runs on CUDA too
+(cuDNN's TF32 convolutions on, PyTorch's default, as JAX's default precision; `loss.item()`
+waits for each step). Prints one JSON line with the CPU model and flags.
 
   python -m benchmarks.dt_step [--rounds 3] [--height 320] [--width 480] [--threads N]
 """
@@ -88,13 +89,16 @@ def peer(x: dict[str, np.ndarray], bfloat16: bool):
        "roi_labels": torch.from_numpy(rng.integers(0, NUM_CLASSES + 1, (2, ROIS))),
        "roi_targets": torch.from_numpy(rng.standard_normal((2, ROIS, 4)).astype(np.float32)),
        "track_targets": torch.from_numpy(rng.standard_normal((1, ROIS, 4)).astype(np.float32))}
-  frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x["frames"], -1, 2)))
+  device = common.torch_device()
+  net.to(device)
+  t = {k: v.to(device) for k, v in t.items()}
+  frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x["frames"], -1, 2))).to(device)
   trainable = [p for p in net.parameters() if p.requires_grad]
   opt = torch.optim.SGD(trainable, lr=1e-4, momentum=0.9, weight_decay=5e-4)
 
   def run():
     opt.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
       out = net(frames)
     loss = torch_detect_track.dt_loss(net, {k: v.float() for k, v in out.items()}, t)
     loss.backward()
@@ -126,7 +130,8 @@ def main() -> None:
                      f"{params['torch']}: the peer is not the same network")
   median = common.alternating_medians(runs, args.rounds)
   result = {"benchmark": "dt_step", **machine, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "height": args.height,
+            "torch_threads": torch.get_num_threads(),
+            "torch_cudnn_tf32": torch.backends.cudnn.allow_tf32, "height": args.height,
             "width": args.width, "params": params["ours"], "seconds": median,
             "ours_runs_as": {"bfloat16": str(np.dtype(precision.compute_dtype("bfloat16")))},
             "ratio_float32": median["torch_float32"] / median["ours_float32"],

@@ -16,8 +16,9 @@ Timed in rounds after one warm-up call each, the order reversed every other roun
 median seconds per step give ratios peer / ours (> 1: we are faster; goals: >= 1.0 float32,
 >= 1.5 bfloat16 on CPUs with bfloat16 instructions). Defaults are `ccp_fashiongan:runlocal`'s
 sizes (64 px, width 16, batch 16); `--size 128 --features 64 --batch 4` is the release's.
-Prints one JSON line with the CPU model and flags and each network's parameter count (ours
-and the peer's, which must agree).
+On a GPU the peer runs on CUDA too (cuDNN's TF32 convolutions on, PyTorch's default, as JAX's
+default precision; `loss_g.item()` waits for each step). Prints one JSON line with the CPU
+model and flags and each network's parameter count (ours and the peer's, which must agree).
 
   python -m benchmarks.fashiongan_step [--rounds 5] [--size 64] [--features 16] [--batch 16]
       [--threads N]
@@ -109,11 +110,12 @@ def ours(stage: str, x: dict[str, np.ndarray], size: int, features: int, dtype: 
 def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int):
   """(step() -> loss, {network: parameters}) of the PyTorch networks, NCHW."""
   torch.manual_seed(0)
-  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
+  device = common.torch_device()
+  nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device)
   if stage == "shape":
     g = torch_fashiongan.ShapeGenerator(size, features)
     d = torch_fashiongan.ShapeDiscriminator(size, features)
-    labels = torch.from_numpy(x["labels"]).long()
+    labels = torch.from_numpy(x["labels"]).long().to(device)
     supervised = lambda out: 100 * torch.nn.functional.cross_entropy(out, labels)
   else:
     if stage == "image_unet":
@@ -124,7 +126,9 @@ def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int):
       d = torch_fashiongan.ImageDiscriminator(size, features)
     target = nchw(x["real"])
     supervised = lambda out: 100 * torch.mean(torch.abs(out - target))
-  z, code = torch.from_numpy(x["z"]), torch.from_numpy(x["d"])
+  g.to(device)
+  d.to(device)
+  z, code = torch.from_numpy(x["z"]).to(device), torch.from_numpy(x["d"]).to(device)
   condition, wrong_condition = nchw(x["condition"]), nchw(x["wrong_condition"])
   real, wrong = nchw(x["real"]), nchw(x["wrong"])
   opt_g = torch.optim.Adam(g.parameters(), lr=LR, betas=BETAS, eps=1e-8)
@@ -166,6 +170,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
   result = {"benchmark": "fashiongan_step", **common.machine_description(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "torch_cudnn_tf32": torch.backends.cudnn.allow_tf32,
             "size": args.size, "features": args.features, "batch": args.batch, "stages": {}}
   for stage in STAGES:
     x = _inputs(stage, args.batch, args.size)

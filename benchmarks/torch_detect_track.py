@@ -49,7 +49,7 @@ def ps_roi_pool(maps: torch.Tensor, rois: torch.Tensor, output_dim: int,
   bw = (torch.round(rois[..., 2]) + 1) * scale - x1
   bh = (torch.round(rois[..., 3]) + 1) * scale - y1
   bw, bh = bw.clamp(min=0.1) / GROUP, bh.clamp(min=0.1) / GROUP
-  k = torch.arange(GROUP, dtype=rois.dtype)
+  k = torch.arange(GROUP, dtype=rois.dtype, device=rois.device)
   ys = (y1[..., None] + k * bh[..., None]).floor().clamp(0, h).long()
   ye = (y1[..., None] + (k + 1) * bh[..., None]).ceil().clamp(0, h).long()
   xs = (x1[..., None] + k * bw[..., None]).floor().clamp(0, w).long()
@@ -59,14 +59,15 @@ def ps_roi_pool(maps: torch.Tensor, rois: torch.Tensor, output_dim: int,
   area = ((y1_ - y0) * (x1_ - x0)).clamp(min=0)
   flat = table.reshape(n, channels, -1)
   rr = rois.shape[1]
-  bins = (torch.arange(GROUP)[:, None] * GROUP + torch.arange(GROUP)[None, :])
-  channel = (torch.arange(output_dim)[:, None, None] * GROUP * GROUP + bins)  # [O, 7, 7]
+  arange = lambda k: torch.arange(k, device=maps.device)
+  bins = arange(GROUP)[:, None] * GROUP + arange(GROUP)[None, :]
+  channel = (arange(output_dim)[:, None, None] * GROUP * GROUP + bins)  # [O, 7, 7]
 
   def corner(yy, xx):
     index = (yy * (w + 1) + xx)  # [N, R, 7, 7]
     index = index[:, :, None].expand(n, rr, output_dim, GROUP, GROUP)
     chan = channel.expand(n, rr, output_dim, GROUP, GROUP)
-    gathered = flat[torch.arange(n)[:, None, None, None, None], chan, index]
+    gathered = flat[arange(n)[:, None, None, None, None], chan, index]
     return gathered
 
   total = corner(y1_, x1_) - corner(y0, x1_) - corner(y1_, x0) + corner(y0, x0)
