@@ -353,3 +353,26 @@ def test_bad_inputs_are_one_line_errors():
   with pytest.raises(UserError, match="image has shape"):
     jax.eval_shape(lambda k: model.ImageDiscriminator(size=64).init(
         k, image[:, :32], d, image, train=False), jax.random.key(0))
+
+
+@pytest.mark.parametrize("cls,name", [(model.ImageGenerator, "image_g"),
+                                      (model.UNetImageGenerator, "unet_g")])
+def test_image_generator_without_noise_is_the_release_generator_at_z_zero(cls, name):
+  """`noise=False` (model.image_noise): any z gives what the release's G_image gives for
+  z = 0, with the same parameters; with noise, z changes the image."""
+  z, d, condition = _inputs(name, 64)
+  release, quiet = cls(size=64, features=4), cls(size=64, features=4, noise=False)
+  rngs = {"dropout": jax.random.key(1)}
+  variables = jax.jit(lambda k: model.initialize(release, k, z, d, condition, train=True))(
+      jax.random.key(7))
+
+  @jax.jit
+  def images(z_a, z_b):
+    run = lambda net, noise: net.apply(variables, noise, d, condition, train=True, rngs=rngs,
+                                       mutable=["batch_stats"])[0]
+    return run(quiet, z_a), run(quiet, z_b), run(release, jnp.zeros_like(z_a)), run(release, z_a)
+
+  quiet_a, quiet_b, release_zero, release_a = images(z, -z)
+  np.testing.assert_array_equal(quiet_a, quiet_b)
+  np.testing.assert_array_equal(quiet_a, release_zero)
+  assert np.abs(np.asarray(release_a) - np.asarray(release_zero)).max() > 1e-3
