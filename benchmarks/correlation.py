@@ -100,15 +100,15 @@ def main() -> None:
     fwd_bwd = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     for name, fn, work in (("fwd", fwd, flops), ("fwd_bwd", fwd_bwd, 3 * flops)):
       wall, cpu = common.seconds(fn, x_t, x_tau, repeats=args.repeats)
-      result[f"{method}_{name}_s"] = round(wall, 4)
-      result[f"{method}_{name}_cpu_s"] = round(cpu, 4)
+      result[f"{method}_{name}_s"] = round(wall, 6)
+      result[f"{method}_{name}_cpu_s"] = round(cpu, 6)
       result[f"{method}_{name}_gflops"] = round(work / wall / 1e9, 2)
   flop_rate, byte_rate = _machine_rates(args.repeats)
   inputs, outputs = 2 * n * h * w * c * 4, n * out_h * out_w * k * k * 4
   for name, work, moved in (("fwd", flops, inputs + outputs),
                             ("fwd_bwd", 3 * flops, 2 * (inputs + outputs))):
     limit = max(work / flop_rate, moved / byte_rate)
-    result[f"limit_{name}_s"] = round(limit, 5)
+    result[f"limit_{name}_s"] = round(limit, 7)
     for method in args.methods.split(","):
       result[f"{method}_{name}_over_limit"] = round(result[f"{method}_{name}_s"] / limit, 2)
   result["matmul_gflops"], result["copy_gbytes_per_s"] = round(flop_rate / 1e9, 1), round(
@@ -116,7 +116,7 @@ def main() -> None:
   loop = _torch_loop_seconds(shape, d, s1, s2, pad, args.repeats)
   if loop is not None:
     for name, (wall, cpu) in loop.items():
-      result[f"torch_loop_{name}_s"] = round(wall, 4)
+      result[f"torch_loop_{name}_s"] = round(wall, 6)
       for method in args.methods.split(","):
         result[f"{method}_{name}_speedup_vs_torch_loop"] = round(
             wall / result[f"{method}_{name}_s"], 2)
@@ -125,7 +125,7 @@ def main() -> None:
     result["peer"] = "spatial-correlation-sampler not importable"
   else:
     for name, (wall, cpu) in peer.items():
-      result[f"peer_{name}_s"], result[f"peer_{name}_cpu_s"] = round(wall, 4), round(cpu, 4)
+      result[f"peer_{name}_s"], result[f"peer_{name}_cpu_s"] = round(wall, 6), round(cpu, 6)
       for method in args.methods.split(","):
         result[f"{method}_{name}_speedup_vs_peer"] = round(wall / result[f"{method}_{name}_s"], 2)
   result["load_average_after"] = os.getloadavg()[0]

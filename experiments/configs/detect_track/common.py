@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   # torchvision-layout .pth / .npz, with stride_in_1x1=False); empty: from scratch.
   c.model.backbone_init = ""
   c.model.max_displacement = 8
-  c.model.correlation_method = ""  # "" per platform, "conv" or "matmul".
+  c.model.correlation_method = ""  # "": nn.correlation.default_method; or one of METHODS.
   c.model.dtype = "float32"
   c.model.lowering = ""
 
