@@ -42,7 +42,7 @@ import numpy as np
 import optax
 import torch
 
-from benchmarks import torch_pspnet
+from benchmarks import common, torch_pspnet
 from readingnotes_jax.nn import precision
 from readingnotes_jax.pspnet.convert import load_semseg_checkpoint
 from readingnotes_jax.pspnet.model import PSPNet, pspnet_loss
@@ -102,8 +102,8 @@ def main() -> None:
   parser.add_argument("--variants", default="f32_auto,f32_concat,f32_xla,bf16_auto")
   parser.add_argument("--torch_bf16", action="store_true")
   args = parser.parse_args()
-  gpu = jax.default_backend() == "gpu"
-  device = torch.device("cuda" if gpu else "cpu")
+  device = common.torch_device()
+  gpu = device.type == "cuda"
   sync = torch.cuda.synchronize if gpu else lambda: None
   variants = args.variants.split(",")
   result = {"device": jax.devices()[0].device_kind, **precision.describe_cpu(),
