@@ -9,7 +9,9 @@
   python -m readingnotes_jax.fashiongan.edit --workdir runs/ccp_fashiongan --photo P.jpg \\
       --labels P.mat --text "a woman in a red dress" --out out.png
 
-`:runlocal` trains all three on a 2-core CPU within 30 minutes (see `runlocal`).
+`:runlocal` trains all three on a 2-core CPU within 30 minutes (see `runlocal`); add
+`--config.model.compare_plain=True` to train the plain G_image beside the compositional one
+(section 3.3 on / off on the same batches; G_image's phase then takes twice as long).
 """
 from experiments.configs import variants
 from experiments.configs.fashiongan.common import VARIANTS, base_config
@@ -26,8 +28,8 @@ def get_config(arg: str = ""):
 def runlocal(c) -> None:
   """64 x 64, networks at a quarter width (ngf = ndf = 16), batch 16: the coder 3000 steps of
   32 sentences (SGD 0.1, 0.01 from step 2500), then 1200 steps of G_shape at Adam 1e-3 and 500
-  of G_image at the release's 2e-4 (compositional and plain side by side); everything else as
-  the release. Why these (each measured on the held-out photos):
+  of G_image at the release's 2e-4 (compositional only: the plain one beside it doubled the
+  phase, 24.5 of the 36 minutes on a 2-core AMD EPYC); everything else as the release. Why these (each measured on the held-out photos):
   - G_shape at 1e-3: its logits layer has no BatchNorm and starts at the release's N(0,
     (0.02/16)^2), so at 2e-4 it needs most of a CPU budget to grow; after 600 steps at 2e-4
     the generated maps were one garment blob (cross-entropy 0.30 per pixel, category
@@ -67,5 +69,6 @@ def runlocal(c) -> None:
   c.steps.image = 500
   c.model.g_ema_beta = 0.98
   c.model.image_noise = False
+  c.model.compare_plain = False
   c.log_every_steps = 10
   c.checkpoint_every_steps = 200
