@@ -19,8 +19,6 @@ from numerics_testlib import EPS32
 TINY = dict(num_classes=2, layers=14, width=8, anchor_scales=(2, 4), num_rois=16,
             pre_nms_rois=64, rpn_batch_size=32, ohem_rois=8, rpn_min_size=4.0)
 HEIGHT, WIDTH = 64, 96
-# Faster compiles for the large test programs (code generation at -O0; same arithmetic).
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _iou_np(a, b):
@@ -209,7 +207,7 @@ def test_parameter_labels_and_caffe_sgd():
   flat_params = flax.traverse_util.flatten_dict(params)
   grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in flat_params.items()}
            for _ in range(8)]
-  update = jax.jit(lambda g, s, p: tx.update(g, s, p), compiler_options=FAST_COMPILE)
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p))
   state, current = tx.init(params), params
   for g in grads:
     updates, state = update(flax.traverse_util.unflatten_dict(g), state, current)
@@ -276,7 +274,7 @@ def training():
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics, grads
 
-  return model, variables, tx, jax.jit(step, compiler_options=FAST_COMPILE), batch
+  return model, variables, tx, jax.jit(step), batch
 
 
 def test_training_steps_reduce_loss_and_compile_once(training):
@@ -344,8 +342,7 @@ def test_dt_loss_matches_numpy_on_constant_maps():
   track = rng.normal(0, 0.3, 8)
   outputs = {"detector": maps, "track_maps": np.tile(np.repeat(track, 49), (1, 4, 6, 1))
              .astype(np.float32)}
-  loss, metrics = jax.jit(lambda o, b, k: dt_model.dt_loss(model, o, b, k),
-                          compiler_options=FAST_COMPILE)(outputs, batch, jax.random.key(0))
+  loss, metrics = jax.jit(lambda o, b, k: dt_model.dt_loss(model, o, b, k))(outputs, batch, jax.random.key(0))
 
   anchors = targets.shift_anchors(targets.generate_anchors(16, (0.5, 1, 2), (2, 4)), 4, 6, 16)
   frames = [(0, 0), (0, 1)]  # (pair, frame) in the detector's image order: t, then t + tau
@@ -387,8 +384,7 @@ def test_detect_pair_on_constant_maps():
   outputs = {"detector": maps,
              "track_maps": np.tile(np.repeat(track, 49), (1, 4, 6, 1)).astype(np.float32)}
   sizes = np.full((1, 2, 2), [HEIGHT, WIDTH])
-  got = jax.jit(lambda o, s: dt_model.detect_pair(model, o, s),
-                compiler_options=FAST_COMPILE)(outputs, sizes)
+  got = jax.jit(lambda o, s: dt_model.detect_pair(model, o, s))(outputs, sizes)
   got = jax.tree.map(np.asarray, got)
   assert got["boxes"].shape == (2, 1, 2, 16, 4) and got["tracked_boxes"].shape == (1, 16, 4)
   probs = _softmax_np(cls)
