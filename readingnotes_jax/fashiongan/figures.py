@@ -98,7 +98,7 @@ def save_evaluation_figures(task, last: dict[str, Any], figdir: pathlib.Path, st
       rows.append([(test.images[photo], "photo"),
                    (colour_labels(last["labels"][k]), test.sentences[partner])]
                   + [(last["images"][v][k], v) for v in variants])
-    same = ("segmentation and noise" if task.config.model.get("image_noise", True)
+    same = ("segmentation and noise" if task.nets.g_image[main].noise
             else "segmentation, no noise")
     save_panels(rows, figdir / "compositional_vs_plain.png",
                 f"compositional mapping on / off, same {same}, step {step}")

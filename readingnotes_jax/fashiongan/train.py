@@ -73,6 +73,11 @@ def phase_ends(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return tuple(int(x) for x in np.cumsum([config.steps[p] for p in PHASES]))
 
 
+def image_noise(config: ml_collections.ConfigDict) -> bool:
+  """`model.image_noise`, True (the release) where absent, as in config.json of older workdirs."""
+  return config.model.get("image_noise", True)
+
+
 def image_variants(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The G_image variants a run trains, the config's own first."""
   main = COMPOSITIONAL if config.model.compositional else PLAIN
@@ -116,7 +121,7 @@ class Networks:
     self.g_shape = model.ShapeGenerator(**common)
     self.d_shape = model.ShapeDiscriminator(**common)
     unet = m.image_generator == "unet"
-    noise = m.get("image_noise", True)  # absent in older config.json files
+    noise = image_noise(config)
     self.g_image, self.d_image = {}, {}
     for variant in image_variants(config):
       compositional = variant == COMPOSITIONAL
@@ -517,7 +522,7 @@ class Task:
             # What the average holds (workdirs of commit da17ada averaged the parameters only).
             "g_ema": "params, batch_stats" if c.model.g_ema_beta > 0 else False,
             # Only when off, so workdirs made before the key resume.
-            **({} if c.model.get("image_noise", True) else {"image_noise": False}),
+            **({} if image_noise(c) else {"image_noise": False}),
             "vocabulary_size": len(self.train_set.vocabulary)}
 
   def init_key(self) -> jax.Array:

@@ -40,8 +40,8 @@ res4 [1, 38, 38, 1024], d 8, strides 1/1, best of 5, forward / forward+backward 
 0.019-0.021 / 0.041-0.042, 13 x 13 0.032 / 0.051, 38 x 19 0.019 / 0.061; 8 x 38 0.025 / 0.063
 and 38 x 38 0.026 / 0.080 before), "matmul" 0.065-0.083 / 0.20-0.23, "conv" 2.26 / 8.03; a plain
 PyTorch shift-multiply-mean loop 0.30 / 1.43. On one NVIDIA H200 (jax 0.11.2, default
-precision), res4 [1, 38, 63, 1024], best of 10: "blocked" 0.1 / 0.3 ms, "matmul" 0.4 / 1.7 ms,
-"conv" 77 / 161 ms; the PyTorch loop on CUDA 8.2 / 41.7 ms. `method=None` takes "blocked" on
+precision), res4 [1, 38, 63, 1024], best of 20: "blocked" 0.23 / 0.28 ms, "matmul" 0.40 / 1.67
+ms, "conv" 71 / 152 ms; the PyTorch loop on CUDA 6.6 / 32.0 ms. `method=None` takes "blocked" on
 CPU and GPU and the design card's "conv" on TPU (not measured there).
 """
 import functools

@@ -342,7 +342,8 @@ def test_dt_loss_matches_numpy_on_constant_maps():
   track = rng.normal(0, 0.3, 8)
   outputs = {"detector": maps, "track_maps": np.tile(np.repeat(track, 49), (1, 4, 6, 1))
              .astype(np.float32)}
-  loss, metrics = jax.jit(lambda o, b, k: dt_model.dt_loss(model, o, b, k))(outputs, batch, jax.random.key(0))
+  loss, metrics = jax.jit(lambda o, b, k: dt_model.dt_loss(model, o, b, k))(
+      outputs, batch, jax.random.key(0))
 
   anchors = targets.shift_anchors(targets.generate_anchors(16, (0.5, 1, 2), (2, 4)), 4, 6, 16)
   frames = [(0, 0), (0, 1)]  # (pair, frame) in the detector's image order: t, then t + tau

@@ -29,7 +29,8 @@ def runlocal(c) -> None:
   """64 x 64, networks at a quarter width (ngf = ndf = 16), batch 16: the coder 3000 steps of
   32 sentences (SGD 0.1, 0.01 from step 2500), then 1200 steps of G_shape at Adam 1e-3 and 500
   of G_image at the release's 2e-4 (compositional only: the plain one beside it doubled the
-  phase, 24.5 of the 36 minutes on a 2-core AMD EPYC); everything else as the release. Why these (each measured on the held-out photos):
+  phase, 24.5 of the 36 minutes on a 2-core AMD EPYC); everything else as the release. Why
+  these (each measured on the held-out photos):
   - G_shape at 1e-3: its logits layer has no BatchNorm and starts at the release's N(0,
     (0.02/16)^2), so at 2e-4 it needs most of a CPU budget to grow; after 600 steps at 2e-4
     the generated maps were one garment blob (cross-entropy 0.30 per pixel, category
