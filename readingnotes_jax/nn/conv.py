@@ -1,6 +1,6 @@
 """2D convolution with a choice of lowering (NHWC activations, HWIO kernels).
 
-Three lowerings compute the same convolution:
+Four lowerings compute the same convolution:
 
 - ``"xla"``: `jax.lax.conv_general_dilated`, XLA's own convolution. Right on
   TPU and GPU.
@@ -20,6 +20,13 @@ Three lowerings compute the same convolution:
   there take slow generic paths and transpose the kernel for the backward pass.
   `lowering=None` picks it on CPU for strided convolutions with few output
   positions in the batch (`patches_preferred`, `conv2d_patches`).
+
+- ``"space_to_depth"``: a stride-s convolution as a stride-1 one of x's s x s blocks
+  stacked on channels (s^2 Cin) with the kernel regrouped the same way (its taps at
+  ceil(k / s)), the stride-1 convolution lowered by `default_lowering` (`conv2d_space_to_depth`).
+  FashionGAN's 4x4 stride-2 convolutions become 2x2 stride-1 ones at 4 Cin: no strided
+  access and 4 taps instead of 16, the same multiply-adds. `lowering=None` picks it on CPU for
+  strided kernels that the stride divides, when "patches" is not preferred.
 
 The "matmul" lowering's gradients are written by hand for stride 1
 (`_conv_stride1`): the input gradient as the same shifted-matmul sum over the
@@ -51,7 +58,7 @@ import jax.numpy as jnp
 
 from readingnotes_jax.errors import UserError
 
-LOWERINGS = ("xla", "matmul", "patches")
+LOWERINGS = ("xla", "matmul", "patches", "space_to_depth")
 # On CPU, strided convolutions (and FashionGAN's transposed ones) whose GEMM has at most this
 # many rows (N * H_out * W_out) use "patches". 4x4 stride-2 convolutions, forward+backward,
 # idle 2-core Sapphire Rapids, jax 0.10.2 with `individual_dot,reduce`, ms "xla" / "patches":
@@ -123,7 +130,7 @@ def patches_preferred(rows: int | None, dtype=jnp.float32, weights: int = 0) -> 
 
 def default_lowering(channels: int | None = None, dtype=jnp.float32,
                      kernel_size: tuple[int, int] | None = None, stride: int = 1,
-                     rows: int | None = None, weights: int = 0) -> str:
+                     rows: int | None = None, weights: int = 0, dilation: int = 1) -> str:
   """The lowering `conv2d(..., lowering=None)` uses.
 
   "xla" on TPU and GPU (where XLA's convolution is strong). On CPU:
@@ -142,7 +149,10 @@ def default_lowering(channels: int | None = None, dtype=jnp.float32,
   if kernel_size is not None and tuple(kernel_size) == (1, 1):
     return "matmul"
   if stride > 1:
-    return "patches" if patches_preferred(rows, dtype, weights) else "xla"
+    if patches_preferred(rows, dtype, weights):
+      return "patches"
+    divides = kernel_size is not None and all(k % stride == 0 for k in kernel_size)
+    return "space_to_depth" if divides and dilation == 1 else "xla"
   low_precision = _low_precision(jnp.dtype(dtype))
   threshold = LOW_PRECISION_MATMUL_MIN_CHANNELS if low_precision else MATMUL_MIN_CHANNELS
   if channels is not None and channels < threshold:
@@ -203,7 +213,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
         max(0, _output_size(size + sum(pads), k, stride, dilation))
         for size, pads, k in ((x.shape[1], pad_h, kh), (x.shape[2], pad_w, kw)))
     lowering = default_lowering(min(kernel.shape[2:]), x.dtype, kernel.shape[:2], stride, rows,
-                                kernel.size)
+                                kernel.size, dilation)
   if lowering not in LOWERINGS:
     raise UserError(f"unknown conv lowering {lowering!r}: use one of {LOWERINGS} or None")
   if lowering == "xla":
@@ -213,6 +223,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if lowering == "patches":
     return conv2d_patches(x, kernel, stride=stride, dilation=dilation, pad_h=pad_h, pad_w=pad_w)
+  if lowering == "space_to_depth":
+    return conv2d_space_to_depth(x, kernel, stride=stride, dilation=dilation, pad_h=pad_h,
+                                 pad_w=pad_w)
   return _conv2d_matmul(x, kernel, stride, dilation, pad_h, pad_w)
 
 
@@ -242,6 +255,40 @@ def conv2d_patches(x: jax.Array, kernel: jax.Array, *, stride: int = 1, dilation
   y = jnp.dot(patches, kernel.astype(x.dtype).reshape(kh * kw * c, -1),
               preferred_element_type=accumulate)
   return y.reshape(n, out_h, out_w, -1).astype(x.dtype)
+
+
+def conv2d_space_to_depth(x: jax.Array, kernel: jax.Array, *, stride: int, dilation: int = 1,
+                          pad_h: tuple[int, int] = (0, 0),
+                          pad_w: tuple[int, int] = (0, 0)) -> jax.Array:
+  """The "space_to_depth" lowering: y[p, q] = sum_ij xpad[s p + i, s q + j] W[i, j] regrouped by
+  i = s a + u, j = s b + v as sum_ab X[p + a, q + b] K[a, b], X[P, Q] the s x s block (u, v) of
+  xpad at (s P, s Q) flattened to s^2 Cin channels and K[a, b] the matching [s^2 Cin, Cout] rows
+  of W; a stride-1 convolution `conv2d` lowers by `default_lowering`.
+
+  The kernel is zero-padded to a multiple of s taps (a dilated one is first spelled out with
+  its zeros) and the padded input to whole blocks; no extra multiply-adds when s divides the
+  kernel and dilation is 1, the only case `default_lowering` picks it for. Gradients by JAX
+  through the regrouping and the stride-1 lowering (the matmul lowering's are hand-written).
+  """
+  kh, kw, cin, cout = kernel.shape
+  if stride == 1:
+    return conv2d(_pad(x, pad_h, pad_w), kernel, dilation=dilation, padding=0)
+  if dilation > 1:
+    spelled = jnp.zeros(((kh - 1) * dilation + 1, (kw - 1) * dilation + 1, cin, cout), kernel.dtype)
+    kernel = spelled.at[::dilation, ::dilation].set(kernel)
+    kh, kw = kernel.shape[:2]
+  s = stride
+  out_h, out_w = _output_shape(x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w), kh, kw, s, 1)
+  th, tw = -(-kh // s), -(-kw // s)  # taps of the regrouped kernel
+  kernel = jnp.pad(kernel, ((0, th * s - kh), (0, tw * s - kw), (0, 0), (0, 0)))
+  kernel = kernel.reshape(th, s, tw, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  blocks_h, blocks_w = out_h + th - 1, out_w + tw - 1
+  x = _pad(x, (pad_h[0], blocks_h * s - x.shape[1] - pad_h[0]),
+           (pad_w[0], blocks_w * s - x.shape[2] - pad_w[0]))
+  n = x.shape[0]
+  x = x.reshape(n, blocks_h, s, blocks_w, s, cin).transpose(0, 1, 3, 2, 4, 5)
+  return conv2d(x.reshape(n, blocks_h, blocks_w, s * s * cin),
+                kernel.reshape(th, tw, s * s * cin, cout), padding=0)
 
 
 def _output_size(padded: int, kernel_size: int, stride: int, dilation: int) -> int:

@@ -54,7 +54,7 @@ class EqualizedConv(nn.Module):
     gain: He gain; sqrt(2) for LReLU layers, 1 for linear outputs (ToRGB).
     use_bias: add a per-channel bias (initialised to zero).
     dtype: compute dtype.
-    lowering: "xla", "matmul", "patches" or None (`readingnotes_jax.nn.conv.default_lowering`).
+    lowering: one of `nn.conv.LOWERINGS` or None (`readingnotes_jax.nn.conv.default_lowering`).
   """
   features: int
   kernel_size: int = 3

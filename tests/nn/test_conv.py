@@ -1,4 +1,4 @@
-"""conv2d: the three lowerings against a NumPy reference (values and gradients)."""
+"""conv2d: the four lowerings against a NumPy reference (values and gradients)."""
 import os
 import subprocess
 import sys
@@ -22,6 +22,9 @@ CASES = [
     (3, 2, 1, 1, 8, 7),
     (3, 1, 1, "VALID", 5, 6),
     (2, 2, 1, "SAME", 5, 5),
+    (4, 2, 1, 1, 8, 7),        # FashionGAN's down-sampling, odd width
+    (3, 2, 2, "SAME", 9, 9),   # dilated and strided
+    (5, 3, 1, 2, 11, 10),      # stride not dividing the kernel
 ]
 
 
@@ -136,9 +139,13 @@ def test_default_lowering_on_this_backend(monkeypatch):
     assert conv.default_lowering(512, bf16, (3, 3), stride=2) == "xla"
     assert conv.default_lowering(64, jnp.float32, (4, 4), 2, conv.PATCHES_MAX_ROWS) == "patches"
     assert conv.default_lowering(512, bf16, (4, 4), 2, 256, 4 * 4 * 512 * 512) == "patches"
-    assert conv.default_lowering(128, bf16, (4, 4), 2, 256, 4 * 4 * 128 * 128) == "xla"
+    assert (conv.default_lowering(128, bf16, (4, 4), 2, 256, 4 * 4 * 128 * 128)
+            == "space_to_depth")
     assert conv.default_lowering(128, bf16, (4, 4), 2, 64, 4 * 4 * 128 * 128) == "patches"
-    assert conv.default_lowering(64, jnp.float32, (4, 4), 2, conv.PATCHES_MAX_ROWS + 1) == "xla"
+    assert (conv.default_lowering(64, jnp.float32, (4, 4), 2, conv.PATCHES_MAX_ROWS + 1)
+            == "space_to_depth")
+    assert conv.default_lowering(64, jnp.float32, (4, 4), 2, 4096, dilation=2) == "xla"
+    assert conv.default_lowering(64, jnp.float32, (6, 3), 3, 4096) == "space_to_depth"
     assert conv.default_lowering(512, jnp.float32, (3, 3), 1, 16) == "matmul"  # stride 1
     monkeypatch.setenv("XLA_FLAGS", conv.XLA_CPU_YNN_FLAG)
     assert conv.default_lowering(512) == conv.default_lowering(64, bf16) == "xla"
