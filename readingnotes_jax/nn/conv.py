@@ -274,8 +274,8 @@ def conv2d_space_to_depth(x: jax.Array, kernel: jax.Array, *, stride: int, dilat
   if stride == 1:
     return conv2d(_pad(x, pad_h, pad_w), kernel, dilation=dilation, padding=0)
   if dilation > 1:
-    spelled = jnp.zeros(((kh - 1) * dilation + 1, (kw - 1) * dilation + 1, cin, cout), kernel.dtype)
-    kernel = spelled.at[::dilation, ::dilation].set(kernel)
+    spelled = ((kh - 1) * dilation + 1, (kw - 1) * dilation + 1, cin, cout)
+    kernel = jnp.zeros(spelled, kernel.dtype).at[::dilation, ::dilation].set(kernel)
     kh, kw = kernel.shape[:2]
   s = stride
   out_h, out_w = _output_shape(x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w), kh, kw, s, 1)
