@@ -10,11 +10,14 @@ cross-entropy to the true map for G_shape, L1 to the photo for G_image). The des
 is an input (the frozen coder's output; its RNN is a few microseconds here). The peer does
 the same in PyTorch's usual way: one G forward whose graph serves the G step. Our variants:
 float32 and bfloat16 compute (parameters and Adam state float32; bfloat16 runs as float32 on
-a CPU without bfloat16 instructions, as training does: `nn.precision.compute_dtype`).
+a CPU without bfloat16 instructions, as training does: `nn.precision.compute_dtype`); the
+peer float32 and bfloat16 autocast (its networks' forward passes under `torch.autocast`, the
+losses in float32), which says what bfloat16 gives the same networks in PyTorch on this CPU.
 
 Timed in rounds after one warm-up call each, the order reversed every other round; the
-median seconds per step give ratios peer / ours (> 1: we are faster; goals: >= 1.0 float32,
->= 1.5 bfloat16 on CPUs with bfloat16 instructions). Defaults are `ccp_fashiongan:runlocal`'s
+median seconds per step give ratios peer float32 / ours (> 1: we are faster; goals: >= 1.0
+float32, >= 1.5 bfloat16 on CPUs with bfloat16 instructions) and
+`ratio_bfloat16_vs_torch_autocast`, the peer's bfloat16 autocast over ours. Defaults are `ccp_fashiongan:runlocal`'s
 sizes (64 px, width 16, batch 16); `--size 128 --features 64 --batch 4` is the release's.
 On a GPU the peer runs on CUDA too (cuDNN's TF32 convolutions on, PyTorch's default, as JAX's
 default precision; `loss_g.item()` waits for each step). Prints one JSON line with the CPU
@@ -107,8 +110,10 @@ def ours(stage: str, x: dict[str, np.ndarray], size: int, features: int, dtype: 
   return run, params
 
 
-def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int):
-  """(step() -> loss, {network: parameters}) of the PyTorch networks, NCHW."""
+def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int,
+         bfloat16: bool = False):
+  """(step() -> loss, {network: parameters}) of the PyTorch networks, NCHW; `bfloat16`: their
+  forward passes under bfloat16 autocast."""
   torch.manual_seed(0)
   device = common.torch_device()
   nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device)
@@ -116,7 +121,7 @@ def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int):
     g = torch_fashiongan.ShapeGenerator(size, features)
     d = torch_fashiongan.ShapeDiscriminator(size, features)
     labels = torch.from_numpy(x["labels"]).long().to(device)
-    supervised = lambda out: 100 * torch.nn.functional.cross_entropy(out, labels)
+    supervised = lambda out: 100 * torch.nn.functional.cross_entropy(out.float(), labels)
   else:
     if stage == "image_unet":
       g = torch_fashiongan.UNetImageGenerator(size, features)
@@ -125,7 +130,7 @@ def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int):
       g = torch_fashiongan.ImageGenerator(size, features)
       d = torch_fashiongan.ImageDiscriminator(size, features)
     target = nchw(x["real"])
-    supervised = lambda out: 100 * torch.mean(torch.abs(out - target))
+    supervised = lambda out: 100 * torch.mean(torch.abs(out.float() - target))
   g.to(device)
   d.to(device)
   z, code = torch.from_numpy(x["z"]).to(device), torch.from_numpy(x["d"]).to(device)
@@ -133,20 +138,25 @@ def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int):
   real, wrong = nchw(x["real"]), nchw(x["wrong"])
   opt_g = torch.optim.Adam(g.parameters(), lr=LR, betas=BETAS, eps=1e-8)
   opt_d = torch.optim.Adam(d.parameters(), lr=LR, betas=BETAS, eps=1e-8)
-  bce = torch.nn.functional.binary_cross_entropy_with_logits
+  bce = lambda logits, target: torch.nn.functional.binary_cross_entropy_with_logits(
+      logits.float(), target.float())
+  autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16)
 
   def run():
-    fake = g(z, code, condition)
+    with autocast():
+      fake = g(z, code, condition)
     opt_d.zero_grad()
-    real_logits, wrong_logits = d(real, code, condition), d(wrong, code, wrong_condition)
-    fake_logits = d(fake.detach(), code, condition)
+    with autocast():
+      real_logits, wrong_logits = d(real, code, condition), d(wrong, code, wrong_condition)
+      fake_logits = d(fake.detach(), code, condition)
     loss_d = (bce(real_logits, torch.ones_like(real_logits))
               + 0.1 * bce(wrong_logits, torch.zeros_like(wrong_logits))
               + 0.9 * bce(fake_logits, torch.zeros_like(fake_logits)))
     loss_d.backward()
     opt_d.step()
     opt_g.zero_grad()
-    logits = d(fake, code, condition)
+    with autocast():
+      logits = d(fake, code, condition)
     loss_g = bce(logits, torch.ones_like(logits)) + supervised(fake)
     loss_g.backward()
     opt_g.step()
@@ -178,6 +188,7 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
       runs[f"ours_{dtype}"], params["ours"] = ours(stage, x, args.size, args.features, dtype)
     runs["torch"], params["torch"] = peer(stage, x, args.size, args.features)
+    runs["torch_bfloat16"], _ = peer(stage, x, args.size, args.features, bfloat16=True)
     if params["ours"] != params["torch"]:
       raise SystemExit(f"{stage}: parameter counts differ, ours {params['ours']} vs torch "
                        f"{params['torch']}: the peer is not the same network")
@@ -186,7 +197,8 @@ def main() -> None:
         "params": params["ours"], "seconds": median,
         "ours_runs_as": {"bfloat16": str(jnp.dtype(precision.compute_dtype("bfloat16")))},
         "ratio_float32": median["torch"] / median["ours_float32"],
-        "ratio_bfloat16": median["torch"] / median["ours_bfloat16"]}
+        "ratio_bfloat16": median["torch"] / median["ours_bfloat16"],
+        "ratio_bfloat16_vs_torch_autocast": median["torch_bfloat16"] / median["ours_bfloat16"]}
     print(stage, json.dumps(result["stages"][stage]), flush=True)
   result["load_average_after"] = os.getloadavg()[0]
   print(json.dumps(result))
