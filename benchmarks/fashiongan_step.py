@@ -17,8 +17,9 @@ losses in float32), which says what bfloat16 gives the same networks in PyTorch 
 Timed in rounds after one warm-up call each, the order reversed every other round; the
 median seconds per step give ratios peer float32 / ours (> 1: we are faster; goals: >= 1.0
 float32, >= 1.5 bfloat16 on CPUs with bfloat16 instructions) and
-`ratio_bfloat16_vs_torch_autocast`, the peer's bfloat16 autocast over ours. Defaults are `ccp_fashiongan:runlocal`'s
-sizes (64 px, width 16, batch 16); `--size 128 --features 64 --batch 4` is the release's.
+`ratio_bfloat16_vs_torch_autocast`, the peer's bfloat16 autocast over ours. Defaults are
+`ccp_fashiongan:runlocal`'s sizes (64 px, width 16, batch 16); `--size 128 --features 64
+--batch 4` is the release's.
 On a GPU the peer runs on CUDA too (cuDNN's TF32 convolutions on, PyTorch's default, as JAX's
 default precision; `loss_g.item()` waits for each step). Prints one JSON line with the CPU
 model and flags and each network's parameter count (ours and the peer's, which must agree).
