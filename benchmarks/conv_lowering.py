@@ -1,8 +1,9 @@
-"""GFLOP/s of the two conv2d lowerings, float32 and bfloat16, forward and forward+backward.
+"""GFLOP/s of three conv2d lowerings, float32 and bfloat16, forward and forward+backward.
 
 Shape: 3x3 conv 512->512 at 32x32, batch 16 (the ProGAN 32x32 block). FLOPs are
 counted as 2*N*H*W*Cin*Cout*k*k forward and three times that forward+backward
-(gradients of input and kernel). Prints one JSON line with GFLOP/s (wall
+(gradients of input and kernel), for "winograd" too (its speed in the direct
+convolution's terms, though it does 2.25x fewer multiply-adds). Prints one JSON line with GFLOP/s (wall
 clock) and GFLOP per CPU-second of this process (less sensitive to other
 processes sharing the CPU; the load averages in the line tell whether they did),
 after the CPU's model and flags (`common.machine_description`).
@@ -35,7 +36,7 @@ def main() -> None:
   for dtype in ("float32", "bfloat16"):
     x = jax.random.normal(kx, (n, s, s, c), dtype)
     w = jax.random.normal(kw, (k, k, c, c), dtype) * 0.02
-    for lowering in ("xla", "matmul"):
+    for lowering in ("xla", "matmul", "winograd"):
       fwd = jax.jit(lambda x, w, lowering=lowering: conv2d(x, w, lowering=lowering))
       loss = lambda x, w, lowering=lowering: jnp.sum(
           conv2d(x, w, lowering=lowering).astype(jnp.float32))

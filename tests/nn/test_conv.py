@@ -1,4 +1,5 @@
-"""conv2d: the four lowerings against a NumPy reference (values and gradients)."""
+"""conv2d: the general lowerings against a NumPy reference (values and gradients); the
+3x3-only "winograd" lowering in test_winograd.py."""
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.nn import conv
 
+GENERAL_LOWERINGS = tuple(low for low in conv.LOWERINGS if low != "winograd")
 # (kernel, stride, dilation, padding, input height, input width)
 CASES = [
     (3, 1, 1, "SAME", 6, 5),
@@ -78,7 +80,7 @@ def arrays():
   return rng.normal(size=(2, 10, 10, 3)).astype(np.float32), rng
 
 
-@pytest.mark.parametrize("lowering", conv.LOWERINGS)
+@pytest.mark.parametrize("lowering", GENERAL_LOWERINGS)
 @pytest.mark.parametrize("k,s,d,padding,h,w", CASES)
 def test_values_and_gradients_match_numpy(arrays, lowering, k, s, d, padding, h, w):
   base, rng = arrays
@@ -147,10 +149,17 @@ def test_default_lowering_on_this_backend(monkeypatch):
     assert conv.default_lowering(64, jnp.float32, (4, 4), 2, 4096, dilation=2) == "xla"
     assert conv.default_lowering(64, jnp.float32, (6, 3), 3, 4096) == "space_to_depth"
     assert conv.default_lowering(512, jnp.float32, (3, 3), 1, 16) == "matmul"  # stride 1
+    wino = dict(kernel_size=(3, 3), winograd_padding=True)
+    assert conv.default_lowering(conv.WINOGRAD_MIN_CHANNELS, **wino) == "winograd"
+    assert conv.default_lowering(conv.LOW_PRECISION_WINOGRAD_MIN_CHANNELS, bf16, **wino) == "winograd"
+    assert conv.default_lowering(conv.WINOGRAD_MIN_CHANNELS - 1, **wino) == "xla"
+    assert conv.default_lowering(512, bf16, (3, 3), dilation=2, winograd_padding=True) == "matmul"
+    assert conv.default_lowering(512, jnp.float32, (5, 5), winograd_padding=True) == "matmul"
     monkeypatch.setenv("XLA_FLAGS", conv.XLA_CPU_YNN_FLAG)
     assert conv.default_lowering(512) == conv.default_lowering(64, bf16) == "xla"
     assert conv.default_lowering(512, bf16) == conv.default_lowering(128, bf16) == "matmul"
     assert conv.default_lowering(512, jnp.float32, (1, 1)) == "matmul"
+    assert conv.default_lowering(512, jnp.float32, (3, 3), winograd_padding=True) == "winograd"
   else:
     assert conv.default_lowering() == conv.default_lowering(512, bf16, (1, 1)) == "xla"
 
@@ -182,7 +191,7 @@ cases = {cases!r}
 data = dict(np.load(sys.argv[1]))
 out = {{}}
 for n, (k, s, d, padding, h, w) in enumerate(cases):
-  for lowering in conv.LOWERINGS:
+  for lowering in {lowerings!r}:
     fn = lambda x, kernel: conv.conv2d(x, kernel, stride=s, dilation=d, padding=padding,
                                        lowering=lowering)
     y, pullback = jax.vjp(jax.jit(fn), data[f"x{{n}}"], data[f"k{{n}}"])
@@ -206,12 +215,13 @@ def test_lowerings_match_numpy_with_xla_cpu_ynn(tmp_path):
     refs.update(zip((f"{n}_y", f"{n}_gx", f"{n}_gw"), (ref, *vjp(g.astype(np.float64)))))
   np.savez(tmp_path / "in.npz", **data)
   env = dict(os.environ, XLA_FLAGS=conv.XLA_CPU_YNN_FLAG, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-c", _YNN_SCRIPT.format(cases=CASES),
+  script = _YNN_SCRIPT.format(cases=CASES, lowerings=GENERAL_LOWERINGS)
+  r = subprocess.run([sys.executable, "-c", script,
                       tmp_path / "in.npz", tmp_path / "out.npz"],
                      capture_output=True, text=True, env=env, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   out = np.load(tmp_path / "out.npz")
-  for lowering in conv.LOWERINGS:
+  for lowering in GENERAL_LOWERINGS:
     for key, ref in refs.items():  # as in test_values_and_gradients_match_numpy (1.3e-5)
       np.testing.assert_allclose(out[lowering + key], ref, rtol=1e-4, atol=1e-4,
                                  err_msg=f"{lowering} {key}")
@@ -220,7 +230,7 @@ def test_lowerings_match_numpy_with_xla_cpu_ynn(tmp_path):
 def test_bad_arguments_are_user_errors():
   x, kernel = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
   with pytest.raises(UserError):
-    conv.conv2d(x, kernel, lowering="winograd")
+    conv.conv2d(x, kernel, lowering="fft")
   with pytest.raises(UserError):
     conv.conv2d(x, jnp.zeros((3, 3, 5, 2)))
   with pytest.raises(UserError):
@@ -269,7 +279,7 @@ def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padd
                                  atol=tolerance * np.abs(w).max(), err_msg=name)
 
 
-@pytest.mark.parametrize("lowering", conv.LOWERINGS)
+@pytest.mark.parametrize("lowering", GENERAL_LOWERINGS)
 @pytest.mark.parametrize("k,s,d,cin,cout", [(3, 1, 2, 8, 5), (3, 1, 1, 20, 5), (1, 1, 1, 8, 5),
                                            (3, 2, 1, 8, 5)])
 def test_float32_kernel_with_bfloat16_input(lowering, k, s, d, cin, cout):
