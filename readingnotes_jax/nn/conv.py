@@ -28,10 +28,12 @@ Five lowerings compute the same convolution:
   access and 4 taps instead of 16, the same multiply-adds. `lowering=None` picks it on CPU for
   strided kernels that the stride divides, when "patches" is not preferred.
 
-- ``"winograd"``: Winograd's F(2x2, 3x3) (`nn.winograd`): 3x3 kernels at stride 1, dilation
-  1, padding 0-2 per side, in 2.25x fewer multiply-adds (16 GEMMs over the input's 4x4 tiles
-  and elementwise transforms). On CPU `lowering=None` picks it for those kernels from
-  `WINOGRAD_MIN_CHANNELS` (float32) or `LOW_PRECISION_WINOGRAD_MIN_CHANNELS` channels.
+- ``"winograd"``: Winograd's F(2x2, 3x3) and F(2x2, 2x2) (`nn.winograd`): 3x3 and 2x2 kernels
+  at stride 1, dilation 1, padding 0..k-1 per side, in 2.25x (1.78x) fewer multiply-adds (16
+  or 9 GEMMs over the input's tiles and elementwise transforms). On CPU `lowering=None` picks
+  it for 3x3 kernels from `WINOGRAD_MIN_CHANNELS` (float32) or
+  `LOW_PRECISION_WINOGRAD_MIN_CHANNELS` channels, for 2x2 ones in float32 from
+  `WINOGRAD_MIN_CHANNELS`.
 
 The "matmul" lowering's gradients are written by hand for stride 1
 (`_conv_stride1`): the input gradient as the same shifted-matmul sum over the
@@ -95,6 +97,9 @@ WIDE_RATIO = 4
 # use "winograd". Forward+backward, 2-core AMD EPYC Zen 4, jax 0.10.2 with `individual_dot,reduce`
 # (against the default before it), ms: float32 [4, 16, 16] 512 -> 512 57 vs 77, 256 -> 512 24
 # vs 39, [4, 64, 64] 128 -> 128 91 vs 89; bfloat16 128 -> 128 77 vs 91, 512 -> 512 50 vs 54.
+# 2x2 kernels (FashionGAN's stride-2 layers after "space_to_depth" and its "phases" transposed
+# ones) in float32 only, from the same channels: [4, 9, 9] 1024 -> 512 18 vs 23 ms, [4, 34,
+# 34] 128 -> 256 16 vs 18, but 256 -> 128 at 33 x 33 19 vs 17; in bfloat16 0.96-1.17x.
 WINOGRAD_MIN_CHANNELS = 256
 LOW_PRECISION_WINOGRAD_MIN_CHANNELS = 128
 XLA_CPU_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
@@ -149,7 +154,8 @@ def default_lowering(channels: int | None = None, dtype=jnp.float32,
   "xla" on TPU and GPU (where XLA's convolution is strong). On CPU:
   "winograd" for 3x3 kernels at stride 1 and dilation 1 whose padding it takes
   (`winograd_padding`) when the narrower side has at least `WINOGRAD_MIN_CHANNELS` (float32)
-  or `LOW_PRECISION_WINOGRAD_MIN_CHANNELS` (bfloat16, float16) channels;
+  or `LOW_PRECISION_WINOGRAD_MIN_CHANNELS` (bfloat16, float16) channels, and for such 2x2
+  kernels in float32 from `WINOGRAD_MIN_CHANNELS`;
   "matmul" for 1x1 kernels (one dot; XLA's kernel gradient of a 1x1
   convolution transposes both operands); for other strided ones "patches" when
   `patches_preferred(rows, dtype, weights)` (`rows` = N * H_out * W_out, when
@@ -171,9 +177,11 @@ def default_lowering(channels: int | None = None, dtype=jnp.float32,
     return "space_to_depth" if divides and dilation == 1 else "xla"
   low_precision = _low_precision(jnp.dtype(dtype))
   winograd_min = LOW_PRECISION_WINOGRAD_MIN_CHANNELS if low_precision else WINOGRAD_MIN_CHANNELS
-  if (winograd_padding and kernel_size is not None and tuple(kernel_size) == (3, 3)
-      and dilation == 1 and channels is not None and channels >= winograd_min):
-    return "winograd"
+  if winograd_padding and dilation == 1 and channels is not None and kernel_size is not None:
+    if ((tuple(kernel_size) == (3, 3) and channels >= winograd_min)
+        or (tuple(kernel_size) == (2, 2) and not low_precision
+            and channels >= WINOGRAD_MIN_CHANNELS)):
+      return "winograd"
   threshold = LOW_PRECISION_MATMUL_MIN_CHANNELS if low_precision else MATMUL_MIN_CHANNELS
   if channels is not None and channels < threshold:
     return "xla"
@@ -238,10 +246,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     raise UserError(f"unknown conv lowering {lowering!r}: use one of {LOWERINGS} or None")
   if lowering == "winograd":
     if not winograd.supported(kernel.shape, stride, dilation, pad_h, pad_w):
-      raise UserError(f"conv2d lowering 'winograd' takes 3x3 kernels at stride 1, dilation 1 "
-                      f"and padding 0-2, got kernel {kernel.shape[:2]}, stride {stride}, "
+      raise UserError(f"conv2d lowering 'winograd' takes 3x3 or 2x2 kernels at stride 1, "
+                      f"dilation 1 and padding 0..k-1, got kernel {kernel.shape[:2]}, stride {stride}, "
                       f"dilation {dilation}, padding {pad_h} x {pad_w}: use another lowering")
-    _output_shape(x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w), 3, 3, 1, 1)
+    _output_shape(x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w), kh, kw, 1, 1)
     return winograd.winograd_conv2d(x, kernel, pad_h, pad_w)
   if lowering == "xla":
     return jax.lax.conv_general_dilated(

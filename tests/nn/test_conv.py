@@ -155,6 +155,9 @@ def test_default_lowering_on_this_backend(monkeypatch):
     assert conv.default_lowering(conv.WINOGRAD_MIN_CHANNELS - 1, **wino) == "xla"
     assert conv.default_lowering(512, bf16, (3, 3), dilation=2, winograd_padding=True) == "matmul"
     assert conv.default_lowering(512, jnp.float32, (5, 5), winograd_padding=True) == "matmul"
+    assert conv.default_lowering(conv.WINOGRAD_MIN_CHANNELS, jnp.float32, (2, 2),
+                                 winograd_padding=True) == "winograd"
+    assert conv.default_lowering(512, bf16, (2, 2), winograd_padding=True) == "matmul"
     monkeypatch.setenv("XLA_FLAGS", conv.XLA_CPU_YNN_FLAG)
     assert conv.default_lowering(512) == conv.default_lowering(64, bf16) == "xla"
     assert conv.default_lowering(512, bf16) == conv.default_lowering(128, bf16) == "matmul"

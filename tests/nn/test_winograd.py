@@ -1,5 +1,6 @@
-"""Winograd F(2x2, 3x3) (`nn.winograd`, conv2d's "winograd" lowering) against a direct NumPy
-convolution in float64, values and gradients, within the rounding bound of its arithmetic."""
+"""Winograd F(2x2, 3x3) and F(2x2, 2x2) (`nn.winograd`, conv2d's "winograd" lowering) against a
+direct NumPy convolution in float64, values and gradients, within the rounding bound of its
+arithmetic."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +15,18 @@ EPS16 = 2.0 ** -8  # bfloat16 (8-bit significand)
 
 def _direct(xp, kernel):
   """y[n, p, q] = sum_ij xp[n, p + i, q + j] @ kernel[i, j], float64, no padding."""
-  oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
-  return sum(xp[:, i:i + oh, j:j + ow] @ kernel[i, j] for i in range(3) for j in range(3))
+  k = kernel.shape[0]
+  oh, ow = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+  return sum(xp[:, i:i + oh, j:j + ow] @ kernel[i, j] for i in range(k) for j in range(k))
 
 
-def _tiles(xp, tiles_h, tiles_w):
-  """The 4x4 input tiles at (2p, 2q): [4, 4, N, P, Q, C] (xp zero-extended to 2P+2, 2Q+2)."""
+def _tiles(xp, tiles_h, tiles_w, t):
+  """The t x t input tiles at (2p, 2q): [t, t, N, P, Q, C] (xp zero-extended to 2P+t-2)."""
   n, h, w, c = xp.shape
-  full = np.zeros((n, 2 * tiles_h + 2, 2 * tiles_w + 2, c))
+  full = np.zeros((n, 2 * tiles_h + t - 2, 2 * tiles_w + t - 2, c))
   full[:, :h, :w] = xp
   return np.stack([np.stack([full[:, i:i + 2 * tiles_h:2, j:j + 2 * tiles_w:2]
-                             for j in range(4)]) for i in range(4)])
+                             for j in range(t)]) for i in range(t)])
 
 
 def _abs_winograd(xp, kernel, g=None):
@@ -33,10 +35,11 @@ def _abs_winograd(xp, kernel, g=None):
   |G^T| [sum over tiles (|B^T||d||B|)^T (|A||g||A^T|)] |G| per kernel entry. A sum of products
   computed with n roundings is within gamma_n = n eps / (1 - n eps) of this (Higham, Accuracy
   and Stability of Numerical Algorithms, 2nd ed., section 3.1)."""
-  bt, gm, at = np.abs(winograd.B_T), np.abs(winograd.G), np.abs(winograd.A_T)
-  oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
+  k = kernel.shape[0]
+  bt, gm, at = (np.abs(m) for m in winograd.MATRICES[k])
+  oh, ow = xp.shape[1] - k + 1, xp.shape[2] - k + 1
   tiles_h, tiles_w = -(-oh // 2), -(-ow // 2)
-  v = np.einsum("ai,bj,ijnpqc->abnpqc", bt, bt, _tiles(np.abs(xp), tiles_h, tiles_w))
+  v = np.einsum("ai,bj,ijnpqc->abnpqc", bt, bt, _tiles(np.abs(xp), tiles_h, tiles_w, k + 1))
   if g is None:
     u = np.einsum("ai,bj,ijco->abco", gm, gm, np.abs(kernel))
     m = np.einsum("abnpqc,abco->abnpqo", v, u)
@@ -54,15 +57,16 @@ def _gamma(n):
 
 
 def _bounds(xp, kernel, g, pad_h, pad_w, low_precision):
-  """Rounding bounds of y, dx and dW. Float32 roundings per result: the input transform 2
-  (two stages of two-term sums), the kernel's 4 (three-term sums), the output's 4 and the
-  gradient's A g A^T 2; the channel (or tile) sum 1 per term. bfloat16 adds one 2^-8 rounding
-  of V, U (or A g A^T) and the bfloat16 result."""
-  c, tiles = xp.shape[-1], np.prod(g.shape[:3])
+  """Rounding bounds of y, dx and dW. Float32 roundings per result, at most (3x3; 2x2 has
+  fewer): the input transform 2 (two stages of two-term sums), the kernel's 4 (three-term
+  sums), the output's 4 and the gradient's A g A^T 2; the channel (or tile) sum 1 per term.
+  bfloat16 adds one 2^-8 rounding of V, U (or A g A^T) and the bfloat16 result."""
+  c, tiles, span = xp.shape[-1], np.prod(g.shape[:3]), kernel.shape[0] - 1
   cast = 3 * EPS16 if low_precision else 0.0
   y = (_gamma(c + 10) + cast) * _abs_winograd(xp, kernel)
-  # dx: this algorithm on g padded by 2 - pad with the flipped, transposed kernel.
-  gpad = np.pad(g, ((0, 0), (2 - pad_h[0], 2 - pad_h[1]), (2 - pad_w[0], 2 - pad_w[1]), (0, 0)))
+  # dx: this algorithm on g padded by k - 1 - pad with the flipped, transposed kernel.
+  gpad = np.pad(g, ((0, 0), (span - pad_h[0], span - pad_h[1]), (span - pad_w[0], span - pad_w[1]),
+                    (0, 0)))
   flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
   dx = (_gamma(g.shape[-1] + 10) + cast) * _abs_winograd(gpad, flipped)
   dw = (_gamma(tiles + 8) + (2 * EPS16 if low_precision else 0.0)) * _abs_winograd(xp, kernel, g)
@@ -74,14 +78,15 @@ def _check(x, kernel, g, pad_h, pad_w, fn, low_precision):
   x64, k64, g64 = f64(x), f64(kernel), f64(g)
   xp = np.pad(x64, ((0, 0), pad_h, pad_w, (0, 0)))
   want_y = _direct(xp, k64)
-  # Reference VJP: dx is the correlation of g padded by 2 with the flipped, transposed kernel
-  # (cropped to x), dW[i, j] = sum_pq xp[p + i, q + j]^T g[p, q].
+  # Reference VJP: dx is the correlation of g padded by k - 1 with the flipped, transposed
+  # kernel (cropped to x), dW[i, j] = sum_pq xp[p + i, q + j]^T g[p, q].
   oh, ow = want_y.shape[1:3]
-  want_dxp = _direct(np.pad(g64, ((0, 0), (2, 2), (2, 2), (0, 0))),
+  k = kernel.shape[0]
+  want_dxp = _direct(np.pad(g64, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0))),
                      k64[::-1, ::-1].transpose(0, 1, 3, 2))
   want_dx = want_dxp[:, pad_h[0]:pad_h[0] + x.shape[1], pad_w[0]:pad_w[0] + x.shape[2]]
   want_dw = np.stack([np.stack([np.einsum("nhwc,nhwd->cd", xp[:, i:i + oh, j:j + ow], g64)
-                                for j in range(3)]) for i in range(3)])
+                                for j in range(k)]) for i in range(k)])
   y, pullback = jax.vjp(jax.jit(fn), x, kernel)
   dx, dw = pullback(g)
   assert (y.dtype, dx.dtype, dw.dtype) == (x.dtype, x.dtype, kernel.dtype)
@@ -93,20 +98,22 @@ def _check(x, kernel, g, pad_h, pad_w, fn, low_precision):
     assert np.all(err <= bound), (name, float((err / bound).max()))
 
 
-# (input height, width, pad_h, pad_w): odd sizes (a partial last tile), every padding 0..2.
-CASES = [(6, 5, (1, 1), (1, 1)), (5, 6, (0, 0), (0, 0)), (7, 4, (2, 2), (2, 2)),
-         (5, 7, (0, 2), (1, 0)), (3, 3, (0, 0), (0, 0))]
+# (kernel, input height, width, pad_h, pad_w): odd sizes (a partial last tile), every padding
+# 0..k-1.
+CASES = [(3, 6, 5, (1, 1), (1, 1)), (3, 5, 6, (0, 0), (0, 0)), (3, 7, 4, (2, 2), (2, 2)),
+         (3, 5, 7, (0, 2), (1, 0)), (3, 3, 3, (0, 0), (0, 0)),
+         (2, 6, 5, (0, 0), (0, 0)), (2, 5, 4, (1, 1), (0, 1)), (2, 2, 3, (0, 0), (1, 0))]
 
 
-@pytest.mark.parametrize("h,w,pad_h,pad_w", CASES)
+@pytest.mark.parametrize("k,h,w,pad_h,pad_w", CASES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_values_and_gradients_within_rounding_bound(dtype, h, w, pad_h, pad_w):
-  rng = np.random.default_rng(h * 10 + w)
+def test_values_and_gradients_within_rounding_bound(dtype, k, h, w, pad_h, pad_w):
+  rng = np.random.default_rng(k * 100 + h * 10 + w)
   x = jnp.asarray(rng.normal(size=(2, h, w, 6)), dtype)
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 6, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 6, 5)), jnp.float32)
   if dtype == jnp.bfloat16:  # the float32 kernel's bf16 values, so NumPy sees the same numbers
     kernel = kernel.astype(jnp.bfloat16).astype(jnp.float32)
-  out_shape = (2, h + sum(pad_h) - 2, w + sum(pad_w) - 2, 5)
+  out_shape = (2, h + sum(pad_h) - k + 1, w + sum(pad_w) - k + 1, 5)
   g = jnp.asarray(rng.normal(size=out_shape), dtype)
   fn = lambda x, k: winograd.winograd_conv2d(x, k, pad_h, pad_w)
   _check(x, kernel, g, pad_h, pad_w, fn, dtype == jnp.bfloat16)
@@ -115,7 +122,7 @@ def test_values_and_gradients_within_rounding_bound(dtype, h, w, pad_h, pad_w):
 @pytest.mark.parametrize("padding", ["SAME", "VALID", 2])
 def test_conv2d_lowering_and_default(padding):
   """conv2d(lowering="winograd") is the same computation; the CPU default picks it for wide
-  3x3 layers (float32 from WINOGRAD_MIN_CHANNELS)."""
+  3x3 layers (float32 from WINOGRAD_MIN_CHANNELS), and for wide float32 2x2 ones."""
   rng = np.random.default_rng(7)
   c = conv.WINOGRAD_MIN_CHANNELS
   x = jnp.asarray(rng.normal(size=(1, 5, 4, c)), jnp.float32)
@@ -127,20 +134,24 @@ def test_conv2d_lowering_and_default(padding):
   if jax.default_backend() == "cpu":
     default = jax.make_jaxpr(lambda x, k: conv.conv2d(x, k, padding=padding))(x, kernel)
     assert str(default) == str(jax.make_jaxpr(fn)(x, kernel))
+    two = lambda x, k, low=None: conv.conv2d(x, k[:2, :2], padding=0, lowering=low)
+    assert str(jax.make_jaxpr(two)(x, kernel)) == str(jax.make_jaxpr(
+        lambda x, k: two(x, k, "winograd"))(x, kernel))
 
 
+@pytest.mark.parametrize("k", [3, 2])
 @pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-4), (jnp.bfloat16, 0.05)])
-def test_gradient_of_gradient_matches_lax(dtype, tolerance):
+def test_gradient_of_gradient_matches_lax(dtype, tolerance, k):
   """WGAN-GP's double backward through the hand-written VJP, against lax.conv in float32
   (bf16 inputs rounded first). float32: ~ eps32 x (C + 10) per step, four steps deep, of max
   |w| (< 1e-5); bfloat16: the values, both gradients and the inner gradient rounded to bf16
   (2^-8 each) plus V and U: ~ 6 roundings of O(max |w|) = 0.023 <= 0.05."""
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(2, 6, 7, 8)), dtype)
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 5)) * 0.2, dtype)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 8, 5)) * 0.2, dtype)
 
   def score(x, kernel, lowering):
-    y = conv.conv2d(x, kernel, lowering=lowering)
+    y = conv.conv2d(x, kernel, padding=1 if k == 3 else 0, lowering=lowering)
     return jnp.sum(jnp.tanh(y.astype(jnp.float32)))
 
   def penalty(kernel, x, lowering):
@@ -161,6 +172,8 @@ def test_unsupported_convolutions_are_user_errors():
   x = jnp.zeros((1, 6, 6, 2))
   for kernel, kwargs in ((jnp.zeros((5, 5, 2, 2)), {}), (jnp.zeros((3, 3, 2, 2)), {"stride": 2}),
                          (jnp.zeros((3, 3, 2, 2)), {"dilation": 2}),
-                         (jnp.zeros((3, 3, 2, 2)), {"padding": 3})):
+                         (jnp.zeros((3, 3, 2, 2)), {"padding": 3}),
+                         (jnp.zeros((2, 2, 2, 2)), {"padding": 2}),
+                         (jnp.zeros((3, 2, 2, 2)), {"padding": 1})):
     with pytest.raises(UserError, match="winograd"):
       conv.conv2d(x, kernel, lowering="winograd", **kwargs)
