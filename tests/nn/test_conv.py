@@ -241,16 +241,20 @@ def test_bad_arguments_are_user_errors():
 
 
 # float32: sums of <= 180 terms, then the same again for the gradient of the gradient (~ eps32
-# x 180 x 2 ~ 4e-5 of max |w|). bfloat16: the matmul side rounds its values, both gradients and
-# the penalty's inner gradient to bf16 (2^-8 each): ~ 3 roundings of O(max |w|) = 0.012 <= 0.05.
+# x 180 x 2 ~ 4e-5 of max |w|; Winograd's transforms add ~ 10 roundings per step, < 1e-5).
+# bfloat16: the values, both gradients and the penalty's inner gradient rounded to bf16 (2^-8
+# each), Winograd's V and U too: ~ 6 roundings of O(max |w|) = 0.023 <= 0.05.
 @pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-4), (jnp.bfloat16, 0.05)])
-@pytest.mark.parametrize("k,d,padding,cin,cout", [
-    (3, 1, "SAME", 8, 5), (3, 2, "SAME", 8, 5), (3, 1, "VALID", 8, 5), (1, 1, 1, 8, 5),
-    (2, 1, "SAME", 8, 5),
-    (3, 2, "SAME", 20, 5), (2, 1, 3, 20, 5),   # wide input: _shifted_outputs
-    (3, 2, "SAME", 5, 20), (3, 1, "VALID", 5, 20)])  # its input gradient
-def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padding, cin, cout):
-  """The matmul lowering's hand-written gradients against lax.conv in float32.
+@pytest.mark.parametrize("lowering,k,d,padding,cin,cout", [
+    ("matmul", 3, 1, "SAME", 8, 5), ("matmul", 3, 2, "SAME", 8, 5),
+    ("matmul", 3, 1, "VALID", 8, 5), ("matmul", 1, 1, 1, 8, 5), ("matmul", 2, 1, "SAME", 8, 5),
+    ("matmul", 3, 2, "SAME", 20, 5), ("matmul", 2, 1, 3, 20, 5),  # wide input: _shifted_outputs
+    ("matmul", 3, 2, "SAME", 5, 20), ("matmul", 3, 1, "VALID", 5, 20),  # its input gradient
+    ("winograd", 3, 1, "SAME", 8, 5), ("winograd", 3, 1, 2, 5, 20),
+    ("winograd", 2, 1, "SAME", 8, 5), ("winograd", 2, 1, 0, 20, 5)])
+def test_gradients_to_second_order_match_lax(dtype, tolerance, lowering, k, d, padding, cin,
+                                             cout):
+  """The matmul and Winograd lowerings' hand-written gradients against lax.conv in float32.
 
   Values, both first-order gradients and a gradient-penalty-style gradient of a
   gradient (WGAN-GP's double backward); bf16 inputs are rounded first, so
@@ -273,7 +277,7 @@ def test_matmul_gradients_to_second_order_match_lax(dtype, tolerance, k, d, padd
       "penalty_grad": lambda x, k, low: jax.grad(penalty)(k, x, low),
   }
   for name, fn in checks.items():
-    got = jax.jit(fn, static_argnums=2)(x, kernel, "matmul")
+    got = jax.jit(fn, static_argnums=2)(x, kernel, lowering)
     want = jax.jit(fn, static_argnums=2)(x.astype(jnp.float32), kernel.astype(jnp.float32), "xla")
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       assert g.dtype == dtype, name
