@@ -3,8 +3,8 @@
 Shape: 3x3 conv 512->512 at 32x32, batch 16 (the ProGAN 32x32 block). FLOPs are
 counted as 2*N*H*W*Cin*Cout*k*k forward and three times that forward+backward
 (gradients of input and kernel), for "winograd" too (its speed in the direct
-convolution's terms, though it does 2.25x fewer multiply-adds). Prints one JSON line with GFLOP/s (wall
-clock) and GFLOP per CPU-second of this process (less sensitive to other
+convolution's terms, though it does 2.25x fewer multiply-adds). Prints one JSON line with
+GFLOP/s (wall clock) and GFLOP per CPU-second of this process (less sensitive to other
 processes sharing the CPU; the load averages in the line tell whether they did),
 after the CPU's model and flags (`common.machine_description`).
 

@@ -247,8 +247,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   if lowering == "winograd":
     if not winograd.supported(kernel.shape, stride, dilation, pad_h, pad_w):
       raise UserError(f"conv2d lowering 'winograd' takes 3x3 or 2x2 kernels at stride 1, "
-                      f"dilation 1 and padding 0..k-1, got kernel {kernel.shape[:2]}, stride {stride}, "
-                      f"dilation {dilation}, padding {pad_h} x {pad_w}: use another lowering")
+                      f"dilation 1 and padding 0..k-1, got kernel {kernel.shape[:2]}, stride "
+                      f"{stride}, dilation {dilation}, padding {pad_h} x {pad_w}: use another "
+                      "lowering")
     _output_shape(x.shape[1] + sum(pad_h), x.shape[2] + sum(pad_w), kh, kw, 1, 1)
     return winograd.winograd_conv2d(x, kernel, pad_h, pad_w)
   if lowering == "xla":

@@ -151,7 +151,8 @@ def test_default_lowering_on_this_backend(monkeypatch):
     assert conv.default_lowering(512, jnp.float32, (3, 3), 1, 16) == "matmul"  # stride 1
     wino = dict(kernel_size=(3, 3), winograd_padding=True)
     assert conv.default_lowering(conv.WINOGRAD_MIN_CHANNELS, **wino) == "winograd"
-    assert conv.default_lowering(conv.LOW_PRECISION_WINOGRAD_MIN_CHANNELS, bf16, **wino) == "winograd"
+    assert (conv.default_lowering(conv.LOW_PRECISION_WINOGRAD_MIN_CHANNELS, bf16, **wino)
+            == "winograd")
     assert conv.default_lowering(conv.WINOGRAD_MIN_CHANNELS - 1, **wino) == "xla"
     assert conv.default_lowering(512, bf16, (3, 3), dilation=2, winograd_padding=True) == "matmul"
     assert conv.default_lowering(512, jnp.float32, (5, 5), winograd_padding=True) == "matmul"
