@@ -110,13 +110,9 @@ def _input_transform(xp, tiles_h, tiles_w, b_t):
 
 def _output_transform(m, a_t):
   """Y = A^T M A per tile: [t, t, N, P, Q, D] -> [N, P, 2, Q, 2, D] (rows 2p + a, cols 2q + b)."""
-  out = 0
-  for xi in range(a_t.shape[1]):
-    for nu in range(a_t.shape[1]):
-      coef = np.outer(a_t[:, xi], a_t[:, nu])
-      if coef.any():
-        out = out + jnp.asarray(coef.reshape(1, 1, 2, 1, 2, 1)) * m[xi, nu][:, :, None, :, None]
-  return out
+  t = a_t.shape[1]
+  rows = _combine(a_t, [m[xi] for xi in range(t)], 3)  # [t (nu), N, P, 2, Q, D]
+  return _combine(a_t, [rows[nu] for nu in range(t)], 4)
 
 
 def _output_transform_t(g, a_t):
