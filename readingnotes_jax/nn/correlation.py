@@ -17,7 +17,7 @@ stride_2; the sum divided by kernel_size**2 * C). When stride_2 does not divide
 max_displacement the largest displacement is R * stride_2 < d while the border stays d,
 as there.
 
-Three formulations compute it (`method`):
+Four formulations compute it (`method`):
 
 - ``"conv"`` (the design card's): per displacement row, the K horizontal shifts of
   x_tau extracted with `jax.lax.conv_general_dilated_patches` (a grouped convolution
@@ -32,6 +32,11 @@ Three formulations compute it (`method`):
   product of their centres with every x_tau pixel they can reach (all K x K
   displacements), the band read off both axes with the same reshape. More multiply-adds
   than needed ((Lr / K) (Lq / K): res4 2.1 x 2.1) in a few large products.
+- ``"blocked_scan"``: the same products for blocks of up to 8 x 8 (`SCAN_BLOCK`; res4
+  1.4 x 1.4 the multiply-adds) one at a time in a `lax.scan`, so each block's window and
+  products stay in cache, on x_tau taken every gcd(stride1, stride2)-th pixel (the only
+  ones the displacements reach: res3's strides 2/2 become 1/1 there), with a hand-written
+  VJP that adds each window's gradient in place into one buffer.
 
 Measured with benchmarks/correlation.py on the idle 2-core Intel Xeon (Sapphire Rapids),
 res4 [1, 38, 38, 1024], d 8, strides 1/1, best of 5, forward / forward+backward seconds:
@@ -41,25 +46,37 @@ res4 [1, 38, 38, 1024], d 8, strides 1/1, best of 5, forward / forward+backward 
 and 38 x 38 0.026 / 0.080 before), "matmul" 0.065-0.083 / 0.20-0.23, "conv" 2.26 / 8.03; a plain
 PyTorch shift-multiply-mean loop 0.30 / 1.43. On one NVIDIA H200 (jax 0.11.2, default
 precision), res4 [1, 38, 63, 1024], best of 20: "blocked" 0.23 / 0.28 ms, "matmul" 0.40 / 1.67
-ms, "conv" 71 / 152 ms; the PyTorch loop on CUDA 6.6 / 32.0 ms. `method=None` takes "blocked" on
-CPU and GPU and the design card's "conv" on TPU (not measured there).
+ms, "conv" 71 / 152 ms; the PyTorch loop on CUDA 6.6 / 32.0 ms. On the 2-core AMD EPYC Zen 4
+(2026-12-05, six runs, best of 5 or 10): res4 "blocked_scan" 0.015-0.023 / 0.045-0.082 s,
+"blocked" 0.020-0.023 / 0.060-0.065 s (the scan's two slow runs took 70% more process CPU
+time; in a check some processes page-faulted 32 MB of XLA's buffers anew on every call and
+others none); [1, 38, 63, 1024] 0.025 / 0.093 against 0.051 / 0.114; res3
+[1, 75, 125, 512], strides 2/2, 0.010 / 0.023 against 0.056 / 0.140. Blocks of 10 x 8 to
+10 x 10 ran within 5% of 8 x 8, 6 x 6 and 13 x 13 slower. `method=None` takes "blocked_scan"
+on CPU, "blocked" on GPU (the scan is not measured there) and the design card's "conv" on
+TPU (not measured there).
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from readingnotes_jax.errors import UserError
 
-METHODS = ("conv", "matmul", "blocked")
-# The "blocked" method's largest block of output rows and columns; each axis is split into
-# the fewest blocks of at most this size, of equal size (res4's 38 -> 2 x 19).
+METHODS = ("conv", "matmul", "blocked", "blocked_scan")
+# The largest block of output rows and columns of "blocked" and of "blocked_scan"; each axis
+# is split into the fewest blocks of at most this size, of equal size (res4's 38 -> 2 x 19,
+# 5 x 8 with a zero-padded last block).
 BLOCK = (19, 19)
+SCAN_BLOCK = (8, 8)
 
 
 def default_method() -> str:
-  """"blocked" on CPU and GPU (the fastest on both, module docstring), "conv" on TPU."""
-  return "conv" if jax.default_backend() == "tpu" else "blocked"
+  """"blocked_scan" on CPU, "blocked" on GPU (the fastest measured on each, module docstring),
+  "conv" on TPU."""
+  return {"cpu": "blocked_scan", "tpu": "conv"}.get(jax.default_backend(), "blocked")
 
 
 def correlation_output_size(size: int, max_displacement: int = 8, stride1: int = 1,
@@ -114,6 +131,9 @@ def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
                           (1, s1, s1, 1))
   if method == "blocked":
     out = _blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, BLOCK)
+    return (out / c).astype(x_t.dtype)
+  if method == "blocked_scan":
+    out = _blocked_scan(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, SCAN_BLOCK)
     return (out / c).astype(x_t.dtype)
   xtau_pad = jax.lax.pad(x_tau, zero, pads)
   geometry = (d, s1, s2, out_h, out_w, precision)
@@ -213,13 +233,108 @@ def _blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, block)
       n, nb, ne, r * q, c)
   products = jnp.einsum("nbemc,nbezc->nbemz", centres, windows, precision=precision,
                         preferred_element_type=_accumulation(centres.dtype))
-  products = products.reshape(n, nb, ne, r, q, span_r, span_q).transpose(0, 1, 2, 3, 5, 4, 6)
-  pad = lambda x, axis, size: jax.lax.pad(x, jnp.zeros((), x.dtype), tuple(
-      (0, size if a == axis else 0, 0) for a in range(x.ndim)))
-  band = slice(0, 2 * radius * s2 + 1, s2)
-  rows = pad(products.reshape(n, nb, ne, r * span_r, q, span_q), 3, r * s1)
-  rows = rows.reshape(n, nb, ne, r, span_r + s1, q, span_q)[:, :, :, :, band]
-  cols = pad(rows.reshape(n, nb, ne, r, k, q * span_q), 5, q * s1)
-  cols = cols.reshape(n, nb, ne, r, k, q, span_q + s1)[..., band]
-  out = cols.transpose(0, 1, 3, 2, 5, 4, 6).reshape(n, nb * r, ne * q, k * k)
+  cols = _read_band(products, r, q, span_r, span_q, s1, s2, radius)  # [n, nb, ne, r, q, K*K]
+  out = cols.transpose(0, 1, 3, 2, 4, 5).reshape(n, nb * r, ne * q, k * k)
   return out[:, :out_h, :out_w]
+
+
+def _blocked_scan(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, block):
+  """`_blocked`'s products one block at a time in a `lax.scan`: [N, out_h, out_w, K*K].
+
+  Smaller blocks (8 x 8: res4 1.99 times the multiply-adds, `_blocked`'s 19 x 19 4.24) whose
+  window and products stay in cache, and x_tau taken on the grid of pixels the displacements
+  reach (every gcd(s1, s2)-th: res3's strides 2/2 are strides 1/1 on that grid, a quarter of
+  the window). The VJP is written by hand so the scan of the backward pass adds each
+  window's gradient into one float32 buffer in place (autodiff would add a full-size buffer
+  per block).
+  """
+  n, _, _, c = centres.shape
+  dtype = centres.dtype
+  acc = _accumulation(dtype) or dtype
+  radius = d // s2
+  g = math.gcd(s1, s2)
+  t1, t2 = s1 // g, s2 // g  # strides on the grid
+  nb, ne = -(-out_h // block[0]), -(-out_w // block[1])
+  r, q = -(-out_h // nb), -(-out_w // ne)
+  span_r, span_q = (r - 1) * t1 + 2 * radius * t2 + 1, (q - 1) * t1 + 2 * radius * t2 + 1
+  # The last block of each axis ends at the last output (it overlaps the one before it).
+  corners = np.array([(min(b * r, out_h - r), min(e * q, out_w - q))
+                      for b in range(nb) for e in range(ne)], np.int32)
+  # grid[u, v] = x_tau_pad[first + g*u, first + g*v], first = d - R*s2: the window of the
+  # block at output (i, j) is grid[i*t1 : + span_r, j*t1 : + span_q].
+  _, h, w, _ = x_tau.shape
+  lo = d - radius * s2 - padding  # the x_tau pixel under grid[0]
+  rows, cols = (out_h - r) * t1 + span_r, (out_w - q) * t1 + span_q
+  grid = jax.lax.pad(x_tau, jnp.zeros((), dtype), (
+      (0, 0, 0), (-lo, g * (rows - 1) + 1 - h + lo, 0), (-lo, g * (cols - 1) + 1 - w + lo, 0),
+      (0, 0, 0)))
+  grid = jax.lax.slice(grid, (0, 0, 0, 0), grid.shape, (1, g, g, 1))
+
+  def cut(centres, grid, corner):
+    i, j = corner[0], corner[1]
+    block_centres = jax.lax.dynamic_slice(centres, (0, i, j, 0), (n, r, q, c))
+    window = jax.lax.dynamic_slice(grid, (0, i * t1, j * t1, 0), (n, span_r, span_q, c))
+    return block_centres.reshape(n, r * q, c), window.reshape(n, span_r * span_q, c)
+
+  def assemble(blocks):
+    """[blocks, N, r, q, F] -> [N, out_h, out_w, F], each last block without its overlap."""
+    x = blocks.reshape(nb, ne, n, r, q, -1).transpose(2, 0, 3, 1, 4, 5)
+    x = x.reshape(n, nb * r, ne * q, -1)
+    x = jnp.concatenate([x[:, :(nb - 1) * r], x[:, (2 * nb - 1) * r - out_h:]], axis=1)
+    return jnp.concatenate([x[:, :, :(ne - 1) * q], x[:, :, (2 * ne - 1) * q - out_w:]], axis=2)
+
+  band = functools.partial(_read_band, r=r, q=q, span_r=span_r, span_q=span_q, s1=t1, s2=t2,
+                           radius=radius)
+
+  @jax.custom_vjp
+  def blocks(centres, grid):
+    def block(carry, corner):
+      products = jnp.einsum("nmc,nzc->nmz", *cut(centres, grid, corner), precision=precision,
+                            preferred_element_type=acc)
+      return carry, band(products)
+    return jax.lax.scan(block, None, corners)[1]  # [blocks, N, r, q, K*K]
+
+  def blocks_bwd(residuals, g_blocks):
+    centres, grid = residuals
+    band_t = jax.linear_transpose(band, jax.ShapeDtypeStruct((n, r * q, span_r * span_q), acc))
+
+    def block(d_grid, inputs):
+      corner, g_block = inputs
+      block_centres, window = cut(centres, grid, corner)
+      d_products = band_t(g_block)[0].astype(dtype)
+      d_centres = jnp.einsum("nmz,nzc->nmc", d_products, window, precision=precision,
+                             preferred_element_type=acc).astype(dtype)
+      d_window = jnp.einsum("nmz,nmc->nzc", d_products, block_centres, precision=precision,
+                            preferred_element_type=acc)
+      at = (0, corner[0] * t1, corner[1] * t1, 0)
+      d_window = jax.lax.dynamic_slice(d_grid, at, (n, span_r, span_q, c)) + d_window.reshape(
+          n, span_r, span_q, c)
+      return jax.lax.dynamic_update_slice(d_grid, d_window, at), d_centres
+
+    d_grid, d_centres = jax.lax.scan(block, jnp.zeros(grid.shape, acc), (corners, g_blocks))
+    return assemble(d_centres), d_grid.astype(dtype)
+
+  blocks.defvjp(lambda centres, grid: (blocks(centres, grid), (centres, grid)), blocks_bwd)
+  return assemble(blocks(centres, grid))
+
+
+def _read_band(products, r, q, span_r, span_q, s1, s2, radius):
+  """[..., r*q, span_r*span_q] products of a block -> [..., r, q, K*K] (dy major, dx minor).
+
+  Centre (i, j) meets displacement (ky, kx) at window pixel (i*s1 + ky*s2, j*s1 + kx*s2).
+  Along rows: (i, window row) flattened and padded by r*s1, then viewed as rows of span_r +
+  s1, row i starts at i*(span_r + s1), so its column ky*s2 is window row i*s1 + ky*s2. Then
+  the same along columns.
+  """
+  lead = len(products.shape) - 2
+  k = 2 * radius + 1
+  band = slice(0, 2 * radius * s2 + 1, s2)
+  pad_end = lambda x, axis, size: jax.lax.pad(x, jnp.zeros((), x.dtype), tuple(
+      (0, size if a == axis else 0, 0) for a in range(x.ndim)))
+  shape = products.shape[:-2]
+  grid = jnp.swapaxes(products.reshape(*shape, r, q, span_r, span_q), lead + 1, lead + 2)
+  rows = pad_end(grid.reshape(*shape, r * span_r, q, span_q), lead, r * s1)
+  rows = rows.reshape(*shape, r, span_r + s1, q, span_q)[..., band, :, :]  # [.., r, K, q, Lq]
+  cols = pad_end(rows.reshape(*shape, r, k, q * span_q), lead + 2, q * s1)
+  cols = cols.reshape(*shape, r, k, q, span_q + s1)[..., band]  # [..., r, K (dy), q, K (dx)]
+  return jnp.swapaxes(cols, lead + 1, lead + 2).reshape(*shape, r, q, k * k)
