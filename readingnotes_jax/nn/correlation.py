@@ -298,24 +298,34 @@ def _blocked_scan(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, b
     centres, grid = residuals
     band_t = jax.linear_transpose(band, jax.ShapeDtypeStruct((n, r * q, span_r * span_q), acc))
 
-    def block(d_grid, inputs):
+    def block(carry, inputs):
+      d_centres, d_grid = carry
       corner, g_block = inputs
       block_centres, window = cut(centres, grid, corner)
       d_products = band_t(g_block)[0].astype(dtype)
-      d_centres = jnp.einsum("nmz,nzc->nmc", d_products, window, precision=precision,
-                             preferred_element_type=acc).astype(dtype)
+      d_block = jnp.einsum("nmz,nzc->nmc", d_products, window, precision=precision,
+                           preferred_element_type=acc).astype(dtype)
       d_window = jnp.einsum("nmz,nmc->nzc", d_products, block_centres, precision=precision,
                             preferred_element_type=acc)
-      at = (0, corner[0] * t1, corner[1] * t1, 0)
-      d_window = jax.lax.dynamic_slice(d_grid, at, (n, span_r, span_q, c)) + d_window.reshape(
-          n, span_r, span_q, c)
-      return jax.lax.dynamic_update_slice(d_grid, d_window, at), d_centres
+      # In place: a moved-back last block adds its zero gradients (g is zero where it
+      # overlaps) to the rows of the block before, exactly.
+      d_centres = _add_at(d_centres, d_block.reshape(n, r, q, c), (0, corner[0], corner[1], 0))
+      d_grid = _add_at(d_grid, d_window.reshape(n, span_r, span_q, c),
+                       (0, corner[0] * t1, corner[1] * t1, 0))
+      return (d_centres, d_grid), None
 
-    d_grid, d_centres = jax.lax.scan(block, jnp.zeros(grid.shape, acc), (corners, g_blocks))
-    return assemble(d_centres), d_grid.astype(dtype)
+    zeros = (jnp.zeros(centres.shape, dtype), jnp.zeros(grid.shape, acc))
+    (d_centres, d_grid), _ = jax.lax.scan(block, zeros, (corners, g_blocks))
+    return d_centres, d_grid.astype(dtype)
 
   blocks.defvjp(lambda centres, grid: (blocks(centres, grid), (centres, grid)), blocks_bwd)
   return assemble(blocks(centres, grid))
+
+
+def _add_at(x, update, start):
+  """x with `update` added to its slice at `start` (in place under jit)."""
+  total = jax.lax.dynamic_slice(x, start, update.shape) + update
+  return jax.lax.dynamic_update_slice(x, total, start)
 
 
 def _read_band(products, r, q, span_r, span_q, s1, s2, radius):
