@@ -47,14 +47,13 @@ and 38 x 38 0.026 / 0.080 before), "matmul" 0.065-0.083 / 0.20-0.23, "conv" 2.26
 PyTorch shift-multiply-mean loop 0.30 / 1.43. On one NVIDIA H200 (jax 0.11.2, default
 precision), res4 [1, 38, 63, 1024], best of 20: "blocked" 0.23 / 0.28 ms, "matmul" 0.40 / 1.67
 ms, "conv" 71 / 152 ms; the PyTorch loop on CUDA 6.6 / 32.0 ms. On the 2-core AMD EPYC Zen 4
-(2026-12-05, six runs, best of 5 or 10): res4 "blocked_scan" 0.015-0.023 / 0.045-0.082 s,
-"blocked" 0.020-0.023 / 0.060-0.065 s (the scan's two slow runs took 70% more process CPU
-time; in a check some processes page-faulted 32 MB of XLA's buffers anew on every call and
-others none); [1, 38, 63, 1024] 0.025 / 0.093 against 0.051 / 0.114; res3
-[1, 75, 125, 512], strides 2/2, 0.010 / 0.023 against 0.056 / 0.140. Blocks of 10 x 8 to
-10 x 10 ran within 5% of 8 x 8, 6 x 6 and 13 x 13 slower. `method=None` takes "blocked_scan"
-on CPU, "blocked" on GPU (the scan is not measured there) and the design card's "conv" on
-TPU (not measured there).
+(2026-12-05, six runs, best of 10): res4 "blocked_scan" 0.015-0.017 / 0.044-0.047 s in five,
+0.022 / 0.079 in one run through a spell in which the machine slowed it (and "blocked" by
+5-10%), "blocked" 0.020-0.022 / 0.060-0.068 s; [1, 38, 63, 1024] 0.025 / 0.081 against
+0.051 / 0.113; res3 [1, 75, 125, 512], strides 2/2, 0.006 / 0.022 against 0.062 / 0.128.
+Blocks of 10 x 8 to 10 x 10 ran within 5% of 8 x 8, 6 x 6 and 13 x 13 slower. `method=None`
+takes "blocked_scan" on CPU, "blocked" on GPU (the scan is not measured there) and the
+design card's "conv" on TPU (not measured there).
 """
 import functools
 import math
