@@ -96,7 +96,9 @@ def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
     stride1: subsampling of the output positions.
     stride2: spacing of the displacements: a (2*(d // stride2) + 1)**2 grid.
     padding: zeros added on each side of both inputs.
-    method: "conv", "matmul", "blocked", or None for `default_method()`.
+    method: "conv", "matmul", "blocked", "blocked_scan", or None for `default_method()`.
+      "blocked_scan" has a hand-written VJP: reverse mode only (`jax.grad`, `jax.vjp`; not
+      `jax.jvp`, for which take another method).
     precision: passed to the channel contractions (e.g. HIGHEST for full float32
       products on TPU/GPU, whose default may round operands).
 
