@@ -245,9 +245,10 @@ def _blocked_scan(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, b
   Smaller blocks (8 x 8: res4 1.99 times the multiply-adds, `_blocked`'s 19 x 19 4.24) whose
   window and products stay in cache, and x_tau taken on the grid of pixels the displacements
   reach (every gcd(s1, s2)-th: res3's strides 2/2 are strides 1/1 on that grid, a quarter of
-  the window). The VJP is written by hand so the scan of the backward pass adds each
-  window's gradient into one float32 buffer in place (autodiff would add a full-size buffer
-  per block).
+  the window). The last block of each axis is moved back to end at the last output (no
+  padded copy of x_t). The VJP is written by hand so the scan of the backward pass adds each
+  block's gradients in place, the windows' into one float32 buffer and the centres' into one
+  of the input's dtype (autodiff would add a full-size buffer per block).
   """
   n, _, _, c = centres.shape
   dtype = centres.dtype
