@@ -66,8 +66,8 @@ from readingnotes_jax.errors import UserError
 
 METHODS = ("conv", "matmul", "blocked", "blocked_scan")
 # The largest block of output rows and columns of "blocked" and of "blocked_scan"; each axis
-# is split into the fewest blocks of at most this size, of equal size (res4's 38 -> 2 x 19,
-# 5 x 8 with a zero-padded last block).
+# is split into the fewest blocks of at most this size, of equal size (res4's 38 -> 2 x 19;
+# 5 x 8, "blocked" zero-pads its last block, "blocked_scan" moves it back).
 BLOCK = (19, 19)
 SCAN_BLOCK = (8, 8)
 
@@ -130,11 +130,9 @@ def correlation(x_t: jax.Array, x_tau: jax.Array, max_displacement: int = 8,
   centres = jax.lax.slice(xt_pad, (0, d, d, 0),
                           (n, d + (out_h - 1) * s1 + 1, d + (out_w - 1) * s1 + 1, c),
                           (1, s1, s1, 1))
-  if method == "blocked":
-    out = _blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, BLOCK)
-    return (out / c).astype(x_t.dtype)
-  if method == "blocked_scan":
-    out = _blocked_scan(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, SCAN_BLOCK)
+  if method in ("blocked", "blocked_scan"):
+    blocked, block = (_blocked, BLOCK) if method == "blocked" else (_blocked_scan, SCAN_BLOCK)
+    out = blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, block)
     return (out / c).astype(x_t.dtype)
   xtau_pad = jax.lax.pad(x_tau, zero, pads)
   geometry = (d, s1, s2, out_h, out_w, precision)
@@ -197,6 +195,14 @@ def _row_conv(centres, rows, d, s1, s2, out_h, out_w, precision):
                     preferred_element_type=_accumulation(centres.dtype))
 
 
+def _block_geometry(out_h, out_w, block, s1, s2, radius):
+  """Blocks per axis (nb, ne), block size (r, q) and the window a block reaches (span_r,
+  span_q): each axis split into the fewest equal blocks of at most `block`."""
+  nb, ne = -(-out_h // block[0]), -(-out_w // block[1])
+  r, q = -(-out_h // nb), -(-out_w // ne)
+  return nb, ne, r, q, (r - 1) * s1 + 2 * radius * s2 + 1, (q - 1) * s1 + 2 * radius * s2 + 1
+
+
 def _blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, block):
   """All K x K displacements of a block of output positions at a time: [N, out_h, out_w, K*K].
 
@@ -211,9 +217,7 @@ def _blocked(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, block)
   n, _, _, c = centres.shape
   radius = d // s2
   k = 2 * radius + 1
-  nb, ne = -(-out_h // block[0]), -(-out_w // block[1])
-  r, q = -(-out_h // nb), -(-out_w // ne)
-  span_r, span_q = (r - 1) * s1 + 2 * radius * s2 + 1, (q - 1) * s1 + 2 * radius * s2 + 1
+  nb, ne, r, q, span_r, span_q = _block_geometry(out_h, out_w, block, s1, s2, radius)
   first = d - radius * s2
   zero = jnp.zeros((), centres.dtype)
   _, h, w, _ = x_tau.shape
@@ -256,9 +260,7 @@ def _blocked_scan(centres, x_tau, padding, d, s1, s2, out_h, out_w, precision, b
   radius = d // s2
   g = math.gcd(s1, s2)
   t1, t2 = s1 // g, s2 // g  # strides on the grid
-  nb, ne = -(-out_h // block[0]), -(-out_w // block[1])
-  r, q = -(-out_h // nb), -(-out_w // ne)
-  span_r, span_q = (r - 1) * t1 + 2 * radius * t2 + 1, (q - 1) * t1 + 2 * radius * t2 + 1
+  nb, ne, r, q, span_r, span_q = _block_geometry(out_h, out_w, block, t1, t2, radius)
   # The last block of each axis ends at the last output (it overlaps the one before it).
   corners = np.array([(min(b * r, out_h - r), min(e * q, out_w - q))
                       for b in range(nb) for e in range(ne)], np.int32)
