@@ -111,7 +111,7 @@ class OnlineTracker:
 def load_tracker(workdir: str, **options: Any) -> OnlineTracker:
   """An `OnlineTracker` of the latest checkpoint and `config.json` of a D&T workdir
   (`options`: min_score, match_iou)."""
-  config = runner.read_config(workdir)
+  config = runner.read_config(workdir, "detect_track")
   model = train.build_model(config)
   state, _ = runner.restore_latest(workdir, train.abstract_state(config, model))
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

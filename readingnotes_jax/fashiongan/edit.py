@@ -74,10 +74,7 @@ def load_segmenter(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def load_workdir(workdir: str) -> tuple[train.Task, dict]:
   """(task, state on one device) of a finished FashionGAN workdir."""
-  config = runner.read_config(workdir)
-  if config.get("trainer") != "fashiongan":
-    raise UserError(f"{workdir} was trained by {config.get('trainer')!r}, not fashiongan: "
-                    "give a FashionGAN workdir")
+  config = runner.read_config(workdir, "fashiongan")
   config.num_devices = 1
   task = train.Task(config, mesh_lib.make_data_mesh(1))
   state, meta = runner.restore_latest(workdir, runner.abstract_state(task))

@@ -15,7 +15,7 @@ def load_generator(workdir: str) -> tuple[Callable[[np.ndarray], np.ndarray], in
   nearest-upsampled, as the official G outputs at lod > 0). Labels of a
   conditional model cycle through the classes.
   """
-  config = runner.read_config(workdir)
+  config = runner.read_config(workdir, "progan")
   G, _ = train.build_models(config)
   state, meta = runner.restore_latest(workdir, train.abstract_state(config))
   stage = train.build_schedule(config, 1).stage(max(meta["position"] - 1, 0))

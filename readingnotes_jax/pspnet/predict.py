@@ -17,7 +17,7 @@ def load_segmenter(workdir: str, *, scales: tuple[float, ...] | None = None,
   experiments.train; `scales` and `flip` default to the config's `eval` ones
   (semseg `tool/test.py`: sliding windows, flips, scales).
   """
-  config = runner.read_config(workdir)
+  config = runner.read_config(workdir, "pspnet")
   if scales is not None:
     config.eval.scales = tuple(scales)
   if flip is not None:

@@ -301,16 +301,22 @@ def restore_latest(workdir: str | pathlib.Path, target: Any) -> tuple[Any, dict[
     ckpt.close()
 
 
-def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """The `config.json` a training run wrote into `workdir`."""
+def read_config(workdir: str | pathlib.Path,
+                trainer: str | None = None) -> ml_collections.ConfigDict:
+  """The `config.json` a training run wrote into `workdir`; with `trainer`, a UserError unless
+  that paper's trainer (`config.trainer`) wrote it."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"{path} not found: point at a workdir written by experiments.train")
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
   except ValueError as e:
     raise UserError(f"{path} is not valid JSON ({e}): point at a workdir written by "
                     "experiments.train") from None
+  if trainer is not None and config.get("trainer") != trainer:
+    raise UserError(f"{workdir} was trained by {config.get('trainer')!r}, not {trainer}: "
+                    f"give a {trainer} workdir")
+  return config
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, make_task) -> dict[str, Any]:

@@ -287,7 +287,8 @@ def test_edit_writes_the_new_photo_its_segmentation_and_a_side_by_side(
 
 
 @pytest.mark.parametrize("case", ["no labels", "empty text", "unknown words", "labels of another size",
-                                  "stopped workdir", "another trainer"])
+                                  "stopped workdir", "another trainer",
+                                  "segmenter of another trainer"])
 def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
     case, finished_workdir, photo_files, tmp_path, capsys):
   out = tmp_path / "out" / "new.png"
@@ -299,7 +300,8 @@ def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
              "unknown words": "no known word \\(unknown: purple, kimono\\)",
              "labels of another size": "labels are 60x48 but the photo is 64x48",
              "stopped workdir": "stopped in the shape phase",
-             "another trainer": "trained by 'pspnet', not fashiongan"}[case]
+             "another trainer": "trained by 'pspnet', not fashiongan",
+             "segmenter of another trainer": "trained by 'fashiongan', not pspnet"}[case]
   if case == "no labels":
     del args["--labels"]
   elif case == "empty text":
@@ -323,6 +325,9 @@ def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
     other.mkdir()
     (other / "config.json").write_text('{"trainer": "pspnet"}')
     args["--workdir"] = str(other)
+  elif case == "segmenter of another trainer":
+    del args["--labels"]
+    args["--segmenter"] = str(finished_workdir)
   capsys.readouterr()  # output of the fixtures, not of the command.
   code = edit.main([item for pair in args.items() for item in pair])
   err = capsys.readouterr().err.strip().splitlines()

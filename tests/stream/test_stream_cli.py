@@ -133,6 +133,17 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, clip):
   assert "needs --segmenter" in run_main(capsys, "--source", str(clip), "--model", "fashiongan",
                                          "--checkpoint", str(tmp_path))
   assert "--quality" in run_main(capsys, "--source", str(clip), "--quality", "0")
+  workdirs = {}
+  for trainer in ("progan", "pspnet"):
+    workdirs[trainer] = tmp_path / trainer
+    workdirs[trainer].mkdir()
+    (workdirs[trainer] / "config.json").write_text(json.dumps({"trainer": trainer}))
+  for model, other in (("pspnet", "progan"), ("progan", "pspnet"), ("detect_track", "pspnet")):
+    assert f"was trained by '{other}', not {model}" in run_main(
+        capsys, "--source", str(clip), "--model", model, "--checkpoint", str(workdirs[other]))
+  assert "was trained by 'progan', not pspnet" in run_main(  # fashiongan's --segmenter
+      capsys, "--source", str(clip), "--model", "fashiongan", "--checkpoint",
+      str(workdirs["pspnet"]), "--segmenter", str(workdirs["progan"]))
   assert "same name" in run_main(capsys, "--source", f"a={clip}", "--source", f"a={clip}")
   with socket.socket() as busy:
     busy.bind(("127.0.0.1", 0))
