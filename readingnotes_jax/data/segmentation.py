@@ -60,6 +60,9 @@ def map_labels(raw: np.ndarray, lut: np.ndarray, path: os.PathLike[str] | str) -
   if raw.ndim != 2:
     raise UserError(f"{path}: label has shape {raw.shape}, expected a single-channel "
                     "HxW map of class ids (not a color-coded image)")
+  if raw.dtype.kind not in "biu" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+    raise UserError(f"{path}: label holds {raw.dtype} values that are not whole class ids: "
+                    "fix or remove this file")
   if raw.size and (raw.min() < 0 or raw.max() >= len(lut)):
     bad = raw[(raw < 0) | (raw >= len(lut))]
     raise UserError(f"{path}: label value {int(bad[0])} outside the data set's ids "

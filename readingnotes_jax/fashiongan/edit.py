@@ -122,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise UserError(f"--out {out}: give a .png path")
     if not out.parent.is_dir():
       raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    if args.seed < 0:
+      raise UserError(f"--seed {args.seed}: give a non-negative integer")
+    inputs = {pathlib.Path(p).resolve() for p in (args.photo, args.labels) if p}
+    for written in outputs(out).values():
+      if written.resolve() in inputs:
+        raise UserError(f"--out {out} would overwrite the input {written}: choose another path")
     if not args.text.strip():
       raise UserError("--text is empty: describe the clothes, e.g. \"a woman in a red dress\"")
     photo = parts.read_rgb(pathlib.Path(args.photo))

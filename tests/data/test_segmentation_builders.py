@@ -297,6 +297,16 @@ def test_ccp_label_out_of_range(tmp_path):
                       "0001.mat", "[59]", "0-58")
 
 
+@pytest.mark.parametrize("value", [2.5, np.nan, np.inf])
+def test_label_values_that_are_not_whole_ids_are_refused(value):
+  raw = np.full((3, 4), 2.0)
+  np.testing.assert_array_equal(segmentation.map_labels(raw, ccp.CCP.LABEL_LUT, "a.mat"),
+                                ccp.CCP.LABEL_LUT[np.full((3, 4), 2)])
+  raw[1, 2] = value
+  with pytest.raises(UserError, match="a.mat: label holds float64 values that are not whole"):
+    segmentation.map_labels(raw, ccp.CCP.LABEL_LUT, "a.mat")
+
+
 # Real data --------------------------------------------------------------------
 
 

@@ -288,7 +288,8 @@ def test_edit_writes_the_new_photo_its_segmentation_and_a_side_by_side(
 
 @pytest.mark.parametrize("case", ["no labels", "empty text", "unknown words", "labels of another size",
                                   "stopped workdir", "another trainer",
-                                  "segmenter of another trainer"])
+                                  "segmenter of another trainer", "negative seed",
+                                  "out is the photo"])
 def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
     case, finished_workdir, photo_files, tmp_path, capsys):
   out = tmp_path / "out" / "new.png"
@@ -301,7 +302,9 @@ def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
              "labels of another size": "labels are 60x48 but the photo is 64x48",
              "stopped workdir": "stopped in the shape phase",
              "another trainer": "trained by 'pspnet', not fashiongan",
-             "segmenter of another trainer": "trained by 'fashiongan', not pspnet"}[case]
+             "segmenter of another trainer": "trained by 'fashiongan', not pspnet",
+             "negative seed": "--seed -3: give a non-negative integer",
+             "out is the photo": "would overwrite the input .*new.png"}[case]
   if case == "no labels":
     del args["--labels"]
   elif case == "empty text":
@@ -328,13 +331,22 @@ def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
   elif case == "segmenter of another trainer":
     del args["--labels"]
     args["--segmenter"] = str(finished_workdir)
+  elif case == "negative seed":
+    args["--seed"] = "-3"
+  elif case == "out is the photo":
+    shutil.copy(photo_files / "photo.png", out)
+    args["--photo"] = str(out)
   capsys.readouterr()  # output of the fixtures, not of the command.
   code = edit.main([item for pair in args.items() for item in pair])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and err[0].startswith("edit: error:"), err
   import re  # pylint: disable=import-outside-toplevel
   assert re.search(message, err[0]), err[0]
-  assert list(out.parent.iterdir()) == []
+  if case == "out is the photo":
+    assert list(out.parent.iterdir()) == [out]
+    assert out.read_bytes() == (photo_files / "photo.png").read_bytes()
+  else:
+    assert list(out.parent.iterdir()) == []
 
 
 # A PSPNet segmenter (experiments/configs/pspnet/ccp_pspnet50.py): the edit command's
