@@ -133,6 +133,12 @@ def _check_stop(stop_after_steps: int | None) -> None:
     raise UserError(f"--stop_after_steps={stop_after_steps}: give a positive number of steps")
 
 
+def _check_seed(config: ml_collections.ConfigDict) -> None:
+  """Data streams and noise seed NumPy generators, which take non-negative integers only."""
+  if config.get("seed", 0) < 0:
+    raise UserError(f"seed={config.seed}: use a non-negative integer")
+
+
 def abstract_state(task: Task, mesh: jax.sharding.Mesh | None = None) -> Any:
   """Shapes and dtypes of the task's initial state (replicated on `mesh` if given), computed
   without running it."""
@@ -157,6 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, make_task,
   workdir is touched.
   """
   _check_stop(stop_after_steps)
+  _check_seed(config)
   cadence = _Cadence.of(config)
   mesh = mesh_lib.make_data_mesh(config.num_devices or None)
   task = make_task(config, mesh)
@@ -323,6 +330,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, make_task) -> dict
   """The config's evaluators on the latest checkpoint in `workdir` (their final protocol),
   and the task's final figures. Returns {"step", "position", **scores}.
   """
+  _check_seed(config)
   mesh = mesh_lib.make_data_mesh(config.num_devices or None)
   task = make_task(config, mesh)
   try:

@@ -234,6 +234,16 @@ def test_bad_input_exits_2_and_leaves_the_workdir_untouched(name, full_runs, dat
     assert tree_digest(full_dir) == before, case
 
 
+def test_negative_seed_exits_2_before_the_workdir_exists(data_overrides, tmp_path):
+  """FashionGAN's (NumPy-seeded) data stream raised a ValueError after the workdir was made."""
+  name = "fashiongan/ccp_fashiongan"
+  r = python("-m", "experiments.train", *config_flags(name, {**data_overrides(name), "seed": -1}),
+             f"--workdir={tmp_path / 'new'}")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "train.py: error: seed=-1: use a non-negative integer"], r.stderr[-2000:]
+  assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("name", by_config(FIRST_OF_PAPER))
 def test_non_finite_loss_keeps_the_last_good_checkpoint(name, data_overrides, tmp_path):
   """The paper's step returns NaN from the step after the first checkpoint on: the run stops
