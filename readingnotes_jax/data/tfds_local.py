@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import os
 import pathlib
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -136,7 +137,10 @@ def prepare(builder: tfds.core.DatasetBuilder) -> None:
         if not builder.info.splits:  # Built by another process meanwhile.
           builder.info.read_from_directory(builder.data_path)
         return
-      builder.download_and_prepare(file_format=_FILE_FORMAT)
+      # Its progress bars and messages go to stdout with the run's output, so that a bad
+      # source file's error line is alone on stderr.
+      with contextlib.redirect_stderr(sys.stdout):
+        builder.download_and_prepare(file_format=_FILE_FORMAT)
   except (OSError, RuntimeError) as e:
     message = " ".join(str(e).split()) or type(e).__name__
     raise UserError(
