@@ -34,6 +34,27 @@ def paper_module(config):
   return importlib.import_module(f"readingnotes_jax.{config.trainer}.train")
 
 
+def _inner(error: BaseException) -> BaseException:
+  """The innermost exception `error` was raised from or while handling."""
+  while True:
+    inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    if inner is None:
+      return error
+    error = inner
+
+
+def _reason(error: BaseException) -> str:
+  """The last line of `_inner(error)`: ml_collections wraps a config file's own error (an
+  unknown variant, a missing file) in a traceback or a report of several lines; an unknown
+  key is a KeyError or AttributeError whose text is the quoted key."""
+  inner = _inner(error)
+  lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+  reason = lines[-1].strip('"') if lines else type(inner).__name__
+  if isinstance(inner, (KeyError, AttributeError)) and reason.strip("'").isidentifier():
+    return f"unknown config key {reason}"
+  return reason
+
+
 def run(main: Callable[[flags.FlagValues], None], argv: list[str] | None = None) -> None:
   """Parses flags and runs `main(FLAGS)`; bad input -> one line on stderr, exit 2."""
   argv = sys.argv if argv is None else argv
@@ -43,11 +64,14 @@ def run(main: Callable[[flags.FlagValues], None], argv: list[str] | None = None)
   try:
     try:
       flags.FLAGS(argv)
+      if flags.FLAGS["config"].value is not None:
+        flags.FLAGS.config.get("trainer")  # a config file that failed to load raises here
     except flags.Error as e:
-      raise UserError(str(e).splitlines()[0]) from None
-    except (KeyError, AttributeError, ValueError, TypeError, FileNotFoundError) as e:
+      first = str(e).splitlines()[0]  # "flag --config=...: Error whilst parsing config file:"
+      raise UserError(f"{first} {_reason(e)}" if first.endswith(":") else first) from None
+    except (KeyError, AttributeError, ValueError, TypeError, OSError, SyntaxError) as e:
       # ml_collections reports unknown keys and bad config files this way.
-      raise UserError(f"bad --config: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+      raise UserError(f"bad --config: {_reason(e)}") from None
     if flags.FLAGS["config"].value is None:
       raise UserError("--config is required, e.g. --config experiments/configs/progan/fashion_mnist_32.py:runlocal")
     if "workdir" in flags.FLAGS and not flags.FLAGS.workdir:
