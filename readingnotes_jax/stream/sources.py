@@ -87,9 +87,20 @@ def video_source(path: str | pathlib.Path, name: str | None = None) -> Source:
   return Source(check_name(name or path.stem), fps or DEFAULT_FPS, frames)
 
 
+def _open_camera(index: int) -> cv2.VideoCapture:
+  """cv2.VideoCapture(index) with OpenCV's own warnings off (a missing camera wrote two lines
+  to stderr: V4L2's and FFmpeg's); whether it opened is the caller's to check."""
+  level = cv2.utils.logging.getLogLevel()
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+  try:
+    return cv2.VideoCapture(index)
+  finally:
+    cv2.utils.logging.setLogLevel(level)
+
+
 def camera_source(index: int, name: str | None = None) -> Source:
   """A camera by OpenCV device index (V4L2 on Linux); opened once here to check it exists."""
-  capture = cv2.VideoCapture(index)
+  capture = _open_camera(index)
   try:
     if not capture.isOpened():
       raise UserError(f"cannot open camera {index}: no such device or it is busy; "
@@ -98,7 +109,7 @@ def camera_source(index: int, name: str | None = None) -> Source:
     capture.release()
 
   def frames() -> FrameIterator:
-    capture = cv2.VideoCapture(index)
+    capture = _open_camera(index)
     if not capture.isOpened():
       raise SourceError(f"cannot open camera {index}")
     try:
@@ -144,6 +155,9 @@ def parse_source(spec: str) -> Source:
   name, sep, target = spec.partition("=")
   if not sep or not _NAME.fullmatch(name):
     name, target = None, spec
+  if not target:
+    raise UserError(f"--source {spec!r}: no path or camera index; give [NAME=]PATH or "
+                    "[NAME=]CAMERA_INDEX")
   if target.isdigit():
     return camera_source(int(target), name)
   path = pathlib.Path(target).expanduser()
