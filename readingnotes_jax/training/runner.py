@@ -133,6 +133,12 @@ def _check_stop(stop_after_steps: int | None) -> None:
     raise UserError(f"--stop_after_steps={stop_after_steps}: give a positive number of steps")
 
 
+def _check_trainer(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir another paper's trainer wrote (its config.json) is refused by name."""
+  if (pathlib.Path(workdir) / "config.json").is_file():
+    read_config(workdir, config.trainer)
+
+
 def _check_seed(config: ml_collections.ConfigDict) -> None:
   """Data streams and noise seed NumPy generators, which take non-negative integers only."""
   if config.get("seed", 0) < 0:
@@ -164,6 +170,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, make_task,
   """
   _check_stop(stop_after_steps)
   _check_seed(config)
+  _check_trainer(config, workdir)
   cadence = _Cadence.of(config)
   mesh = mesh_lib.make_data_mesh(config.num_devices or None)
   task = make_task(config, mesh)
@@ -331,6 +338,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, make_task) -> dict
   and the task's final figures. Returns {"step", "position", **scores}.
   """
   _check_seed(config)
+  _check_trainer(config, workdir)
   mesh = mesh_lib.make_data_mesh(config.num_devices or None)
   task = make_task(config, mesh)
   try:

@@ -244,6 +244,15 @@ def test_negative_seed_exits_2_before_the_workdir_exists(data_overrides, tmp_pat
   assert not (tmp_path / "new").exists()
 
 
+def test_another_papers_workdir_is_refused_by_name(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"trainer": "pspnet"}))
+  config = load_config(RUNNER_CONFIG, {})
+  for command in (runner.train, runner.evaluate):
+    with pytest.raises(UserError, match=f"{tmp_path} was trained by 'pspnet', not progan"):
+      command(config, str(tmp_path), make_task_of(config))
+  assert list(tmp_path.iterdir()) == [tmp_path / "config.json"]
+
+
 @pytest.mark.parametrize("name", by_config(FIRST_OF_PAPER))
 def test_non_finite_loss_keeps_the_last_good_checkpoint(name, data_overrides, tmp_path):
   """The paper's step returns NaN from the step after the first checkpoint on: the run stops
