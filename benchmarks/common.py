@@ -1,11 +1,41 @@
-"""What the benchmarks share: the machine's description and a best-of-N timer."""
+"""What the benchmarks share: the machine's description, a best-of-N timer, and their
+command line (bad flags: one line on stderr, exit code 2)."""
+import argparse
 import os
 import statistics
+import sys
 import time
 
 import jax
 
+from readingnotes_jax.errors import UserError
 from readingnotes_jax.nn import precision
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose bad flags end the command with one line on stderr and exit code 2 (no
+  usage block)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+  """An argparse type: an integer of at least 1."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+  return value
+
+
+def run(main) -> None:
+  """Runs `main()`; a UserError it raises (bad flags found while setting up) is one line on
+  stderr and exit code 2."""
+  try:
+    main()
+  except UserError as e:
+    print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def machine_description() -> dict:

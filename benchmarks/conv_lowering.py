@@ -10,7 +10,6 @@ after the CPU's model and flags (`common.machine_description`).
 
   python -m benchmarks.conv_lowering [--repeats 5]
 """
-import argparse
 import json
 import os
 
@@ -22,11 +21,11 @@ from readingnotes_jax.nn.conv import conv2d
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--size", type=int, default=32)
-  parser.add_argument("--channels", type=int, default=512)
+  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=common.positive_int, default=5)
+  parser.add_argument("--batch", type=common.positive_int, default=16)
+  parser.add_argument("--size", type=common.positive_int, default=32)
+  parser.add_argument("--channels", type=common.positive_int, default=512)
   args = parser.parse_args()
   n, s, c, k = args.batch, args.size, args.channels, 3
   flops = 2 * n * s * s * c * c * k * k
@@ -50,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

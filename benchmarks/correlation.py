@@ -18,7 +18,6 @@ loop runs on CUDA, each timed call waiting for it.
 
   python -m benchmarks.correlation [--repeats 3] [--methods matmul,conv]
 """
-import argparse
 import json
 import os
 
@@ -76,13 +75,16 @@ def _machine_rates(repeats):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=3)
+  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=common.positive_int, default=3)
   parser.add_argument("--shape", default="1,38,63,1024")
   parser.add_argument("--config", default="8,1,1,8",
                       help="max_displacement,stride1,stride2,padding (res3: 8,2,2,8)")
   parser.add_argument("--methods", default=",".join(corr.METHODS))
   args = parser.parse_args()
+  unknown = sorted(set(args.methods.split(",")) - set(corr.METHODS))
+  if unknown:
+    parser.error(f"--methods: unknown {unknown}: use some of {list(corr.METHODS)}")
   shape = tuple(int(v) for v in args.shape.split(","))
   d, s1, s2, pad = (int(v) for v in args.config.split(","))
   n, h, w, c = shape
@@ -133,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

@@ -21,7 +21,6 @@ waits for each step). Prints one JSON line with the CPU model and flags.
 
   python -m benchmarks.dt_step [--rounds 3] [--height 320] [--width 480] [--threads N]
 """
-import argparse
 import functools
 import json
 import os
@@ -109,10 +108,10 @@ def peer(x: dict[str, np.ndarray], bfloat16: bool):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--height", type=int, default=320)
-  parser.add_argument("--width", type=int, default=480)
+  parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--rounds", type=common.positive_int, default=3)
+  parser.add_argument("--height", type=common.positive_int, default=320)
+  parser.add_argument("--width", type=common.positive_int, default=480)
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
   args = parser.parse_args()
   if args.threads:
@@ -142,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

@@ -27,7 +27,6 @@ model and flags and each network's parameter count (ours and the peer's, which m
   python -m benchmarks.fashiongan_step [--rounds 5] [--size 64] [--features 16] [--batch 16]
       [--threads N]
 """
-import argparse
 import functools
 import json
 import os
@@ -167,11 +166,11 @@ def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int,
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--size", type=int, default=64, choices=model.SIZES)
-  parser.add_argument("--features", type=int, default=16)
-  parser.add_argument("--batch", type=int, default=16)
+  parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--rounds", type=common.positive_int, default=5)
+  parser.add_argument("--size", type=common.positive_int, default=64, choices=model.SIZES)
+  parser.add_argument("--features", type=common.positive_int, default=16)
+  parser.add_argument("--batch", type=common.positive_int, default=16)
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
   args = parser.parse_args()
   config = ccp_fashiongan.get_config()
@@ -206,4 +205,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

@@ -151,11 +151,11 @@ def _relative(a, b) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--size", type=int, default=14)
-  parser.add_argument("--filters", type=int, default=512)
+  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=common.positive_int, default=3)
+  parser.add_argument("--batch", type=common.positive_int, default=32)
+  parser.add_argument("--size", type=common.positive_int, default=14)
+  parser.add_argument("--filters", type=common.positive_int, default=512)
   parser.add_argument("--scale", type=float, default=1.0)
   parser.add_argument("--rss_child", choices=("ours", "peer"), help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -213,4 +213,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

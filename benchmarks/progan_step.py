@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from experiments.configs.progan import fashion_mnist_32
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.nn import conv, precision
@@ -388,10 +389,12 @@ def measure_compile(resolution: int, batch_size: int) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--iters", type=int, default=2, help="timed iterations of ours")
-  parser.add_argument("--peer_iters", type=int, default=2, help="timed iterations of the peer")
-  parser.add_argument("--batch", type=int, default=16)
+  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--iters", type=common.positive_int, default=2,
+                      help="timed iterations of ours")
+  parser.add_argument("--peer_iters", type=common.positive_int, default=2,
+                      help="timed iterations of the peer")
+  parser.add_argument("--batch", type=common.positive_int, default=16)
   parser.add_argument("--resolution", type=int, default=32)
   parser.add_argument("--variants", default=",".join(VARIANTS))
   parser.add_argument("--skip_peer", action="store_true")
@@ -412,9 +415,8 @@ def main() -> None:
     return
   variants = [v for v in args.variants.split(",") if v]
   unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown or args.iters < 1 or args.peer_iters < 1 or args.batch < 1:
-    raise UserError(f"bad --variants {unknown} / --iters / --peer_iters / --batch: variants "
-                    f"from {list(VARIANTS)}, counts >= 1")
+  if unknown:
+    raise UserError(f"--variants: unknown {unknown}: use some of {list(VARIANTS)}")
 
   result = {"benchmark": "progan_step", "device": jax.devices()[0].device_kind,
             **precision.describe_cpu(), "jax": jax.__version__, "resolution": args.resolution,
@@ -500,4 +502,4 @@ def _emit(result: dict, out: str) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)

@@ -30,7 +30,6 @@ call waits for the device; `--torch_bf16` adds the peer under
 Reference measured here for the authors' PyTorch PSPNet-50 (150 classes): train
 step 2.7 s at batch 2, crop 233; inference 1.3 s at batch 1, crop 473.
 """
-import argparse
 import json
 import os
 import statistics
@@ -93,12 +92,12 @@ def make_train_step(model, optimizer):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--train_batch", type=int, default=2)
-  parser.add_argument("--train_crop", type=int, default=233)
-  parser.add_argument("--infer_batch", type=int, default=1)
-  parser.add_argument("--infer_crop", type=int, default=473)
+  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=common.positive_int, default=5)
+  parser.add_argument("--train_batch", type=common.positive_int, default=2)
+  parser.add_argument("--train_crop", type=common.positive_int, default=233)
+  parser.add_argument("--infer_batch", type=common.positive_int, default=1)
+  parser.add_argument("--infer_crop", type=common.positive_int, default=473)
   parser.add_argument("--variants", default="f32_auto,f32_concat,f32_xla,bf16_auto")
   parser.add_argument("--torch_bf16", action="store_true")
   args = parser.parse_args()
@@ -243,4 +242,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  common.run(main)
