@@ -25,9 +25,11 @@ other streams of readingnotes_jax.data.pipeline.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -376,6 +378,45 @@ def load_deepfashion(root: pathlib.Path, split: str) -> FashionSet:
       vocabulary=release_vocabulary(language.sentences, language.codes),
       images=None if images is None else images[records], mean_image=mean,
       codings=codings[records])
+
+
+# What the edit command and the stream need of the training split, written into the workdir
+# when training starts (`inference_bytes`), so that a workdir edits photos without the data.
+INFERENCE_FILE = "fashiongan_inference.npz"
+
+
+def inference_bytes(train_set: FashionSet) -> bytes:
+  """`INFERENCE_FILE`'s contents: the vocabulary, the attributes, the mean image and the first
+  training sentence (the stream's default), as an .npz of plain arrays (no pickles)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, words=np.array(train_set.vocabulary.words),
+           attribute_names=np.array([name for name, _ in train_set.attribute_sizes]),
+           attribute_classes=np.array([size for _, size in train_set.attribute_sizes]),
+           mean_image=train_set.mean_image, sentence=np.array(train_set.sentences[0]))
+  return buffer.getvalue()
+
+
+def read_inference(path: pathlib.Path) -> FashionSet:
+  """A `FashionSet` of no records holding `INFERENCE_FILE` at `path` (`inference_bytes`):
+  vocabulary, attribute sizes, mean image, and `sentences` the one saved sentence."""
+  try:
+    with np.load(path, allow_pickle=False) as saved:
+      words, names, classes, mean, sentence = (
+          saved[key] for key in ("words", "attribute_names", "attribute_classes",
+                                 "mean_image", "sentence"))
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{path}: unreadable ({type(e).__name__}: {e}); it is written when "
+                    "training starts: restore it from the training machine") from None
+  size = mean.shape[0]
+  attributes = tuple((str(name), int(count)) for name, count in zip(names, classes))
+  return FashionSet(
+      labels=np.zeros((0, size, size), np.uint8),
+      shape_conditions=np.zeros((0, compose.CONSTRAINT_SIZE, compose.CONSTRAINT_SIZE,
+                                 len(compose.MERGED_CLASS_NAMES)), np.float32),
+      words=np.zeros((0, 1), np.int32), lengths=np.zeros((0,), np.int32),
+      attributes=np.zeros((0, len(attributes)), np.int32), attribute_sizes=attributes,
+      sentences=(str(sentence),), vocabulary=Vocabulary(tuple(str(w) for w in words)),
+      images=np.zeros((0, size, size, 3), np.uint8), mean_image=mean.astype(np.float32))
 
 
 def _records(builder: ccp_fashion.CCPFashion, split: str) -> dict[str, np.ndarray]:

@@ -10,8 +10,10 @@ photo and S0 padded to a centred square at the workdir's size; down m(S0), the s
 design coding and noise give G_shape's segmentation; G_image renders it (`--postprocess`:
 the demo's hair / face copy and skin balance). Writes OUT.png (the new photo),
 OUT_segmentation.png and OUT_side_by_side.png (photo, S0, generated segmentation, new photo).
-The training data (`config.data` of the workdir, or READINGNOTES_DATA) gives the vocabulary
-and the mean image. Bad input: one line on stderr, exit code 2, nothing written.
+The vocabulary and the mean image of the training data come from the workdir's
+`fashiongan_inference.npz` (written when training starts; the data are not read), or for
+workdirs older than that file from the data (`config.data`, or READINGNOTES_DATA). Bad
+input: one line on stderr, exit code 2, nothing written.
 """
 import argparse
 import pathlib
@@ -24,7 +26,8 @@ import numpy as np
 from readingnotes_jax import predictors
 from readingnotes_jax.data import ccp, ccp_fashion, parts, segmentation
 from readingnotes_jax.errors import UserError
-from readingnotes_jax.fashiongan import compose, figures as fashion_figures, model, train
+from readingnotes_jax.fashiongan import compose, data as fashion_data, model, train
+from readingnotes_jax.fashiongan import figures as fashion_figures
 from readingnotes_jax.training import figures, mesh as mesh_lib, runner
 
 
@@ -76,7 +79,10 @@ def load_workdir(workdir: str) -> tuple[train.Task, dict]:
   """(task, state on one device) of a finished FashionGAN workdir."""
   config = runner.read_config(workdir, "fashiongan")
   config.num_devices = 1
-  task = train.Task(config, mesh_lib.make_data_mesh(1))
+  saved = pathlib.Path(workdir) / fashion_data.INFERENCE_FILE
+  # Workdirs written before the file existed read the training data instead.
+  task = train.Task(config, mesh_lib.make_data_mesh(1),
+                    fashion_data.read_inference(saved) if saved.is_file() else None)
   state, meta = runner.restore_latest(workdir, runner.abstract_state(task))
   if meta["position"] < task.total:
     phase = train.PHASES[task.phase(meta["position"])]

@@ -496,12 +496,18 @@ class Task:
   of the release (`PHASES`)."""
   unit = "step"
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               saved: fashion_data.FashionSet | None = None):
+    """`saved`: a workdir's `fashion_data.INFERENCE_FILE` (`read_inference`), for inference
+    without the data (`fashiongan.edit`); it has no records to train or evaluate on."""
     _check_config(config, mesh.size)
     self.config, self.mesh = config, mesh
     # Data first: a bad file stops the run before the workdir is touched.
-    self.train_set = fashion_data.load_split(config.data, "train")
-    self.test_set = fashion_data.load_split(config.data, "test")
+    if saved is None:
+      self.train_set = fashion_data.load_split(config.data, "train")
+      self.test_set = fashion_data.load_split(config.data, "test")
+    else:
+      self.train_set = self.test_set = saved
     if self.train_set.images is None:
       raise UserError(f"{config.data.path}: no photos (supervision_signals/G2.h5): the image "
                       "stage needs them")
@@ -527,6 +533,9 @@ class Task:
 
   def init_key(self) -> jax.Array:
     return jax.random.key(self.config.seed, impl=PRNG_IMPL)
+
+  def workdir_files(self) -> dict[str, bytes]:
+    return {fashion_data.INFERENCE_FILE: fashion_data.inference_bytes(self.train_set)}
 
   def init_state(self, key: jax.Array) -> dict[str, Any]:
     kc, ks, *ki = jax.random.split(key, 2 + len(self.nets.g_image))

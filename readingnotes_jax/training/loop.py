@@ -31,15 +31,19 @@ def enable_compilation_cache(directory: str | None = None) -> str:
   return directory
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
+def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
+  """Writes `path` through a temporary file renamed into place: never a partial file."""
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
+  if isinstance(data, bytes):
+    tmp.write_bytes(data)
+  else:
+    tmp.write_text(data)
   os.replace(tmp, path)
 
 
 def write_config(workdir: pathlib.Path, config: Any) -> None:
   """Writes `workdir/config.json` (atomically)."""
-  _atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+  atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 class MetricsWriter:
@@ -55,7 +59,7 @@ class MetricsWriter:
     if self.path.exists():
       kept = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line)["step"] <= resume_step]
-      _atomic_write(self.path, "".join(line + "\n" for line in kept))
+      atomic_write(self.path, "".join(line + "\n" for line in kept))
 
   def write(self, step: int, **values: Any) -> None:
     row = {"step": int(step), **{k: jsonable(v) for k, v in values.items()}}

@@ -68,6 +68,10 @@ class Task(Protocol):
     unit: what a position counts, shown by the progress bar ("img" for ProGAN,
       whose schedule is in images; "step" for PSPNet).
     total: the position at which training ends.
+
+  Optional: `workdir_files() -> {file name: bytes}`, what the paper's inference needs besides
+  the checkpoint and config.json (FashionGAN: the vocabulary and the mean image of its
+  training data), written into the workdir by process 0 when training starts.
   """
   unit: str
   total: int
@@ -194,7 +198,8 @@ def _train(config, workdir, task, mesh, ckpt, cadence, stop_after_steps) -> dict
     state, meta = ckpt.restore(abstract_state(task, mesh))
     _check_identity(meta, task.identity(), ckpt.directory / str(ckpt.latest_step()))
     step, position = meta["step"], meta["position"]
-  writer = _Outputs(config, workdir, step) if is_writer() else None
+  files = task.workdir_files() if hasattr(task, "workdir_files") else {}
+  writer = _Outputs(config, workdir, step, files) if is_writer() else None
   evaluators = task.evaluators()
   bar = loop.progress_bar(task.total, position, unit=task.unit)
   rate = loop.Rate()
@@ -276,8 +281,11 @@ def _describe(info: dict[str, Any], means: dict[str, float], speed: float, unit:
 class _Outputs:
   """Process 0's files: config.json, metrics.jsonl, TensorBoard scalars and figure images."""
 
-  def __init__(self, config, workdir: pathlib.Path, resume_step: int):
+  def __init__(self, config, workdir: pathlib.Path, resume_step: int,
+               files: dict[str, bytes]):
     loop.write_config(workdir, config)
+    for name, data in files.items():
+      loop.atomic_write(workdir / name, data)
     self.metrics = loop.MetricsWriter(workdir, resume_step)
     self.figdir = workdir / "figures"
     self.tensorboard = TensorBoardWriter(workdir / "tensorboard", resume_step=resume_step or None)

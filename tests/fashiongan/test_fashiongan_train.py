@@ -286,10 +286,38 @@ def test_edit_writes_the_new_photo_its_segmentation_and_a_side_by_side(
                    "new_side_by_side.png": ((4 * (SIZE + 1) + 1) * 4, (SIZE + 2) * 4)}
 
 
+def test_the_workdir_keeps_what_the_edit_command_needs_of_the_data(
+    finished_workdir, photo_files, tmp_path, monkeypatch):
+  """fashiongan_inference.npz holds the training split's vocabulary, attributes, mean image and
+  first sentence; with it the edit command reads no data and writes what it writes with the
+  data (a workdir without the file, as older ones are)."""
+  want = fake_load_split(None, "train")
+  saved = fashion_data.read_inference(finished_workdir / fashion_data.INFERENCE_FILE)
+  assert saved.vocabulary == want.vocabulary and saved.attribute_sizes == want.attribute_sizes
+  assert saved.sentences == want.sentences[:1]
+  np.testing.assert_array_equal(saved.mean_image, want.mean_image)
+  older = tmp_path / "older"
+  shutil.copytree(finished_workdir, older)
+  (older / fashion_data.INFERENCE_FILE).unlink()
+  args = ["--photo", str(photo_files / "photo.png"), "--labels", str(photo_files / "photo.mat"),
+          "--text", "a woman in a green blouse and black pants"]
+  assert edit.main(["--workdir", str(older), *args, "--out", str(tmp_path / "data.png")]) == 0
+
+  def no_data(data_config, split):
+    raise UserError("Clothing Co-Parsing not found")
+  monkeypatch.setattr(fashion_data, "load_split", no_data)
+  assert edit.main(["--workdir", str(finished_workdir), *args,
+                    "--out", str(tmp_path / "saved.png")]) == 0
+  for suffix in ("", "_segmentation", "_side_by_side"):
+    assert ((tmp_path / f"saved{suffix}.png").read_bytes()
+            == (tmp_path / f"data{suffix}.png").read_bytes()), suffix
+  assert edit.main(["--workdir", str(older), *args, "--out", str(tmp_path / "x.png")]) == 2
+
+
 @pytest.mark.parametrize("case", ["no labels", "empty text", "unknown words", "labels of another size",
                                   "stopped workdir", "another trainer",
                                   "segmenter of another trainer", "negative seed",
-                                  "out is the photo"])
+                                  "out is the photo", "corrupt inference file"])
 def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
     case, finished_workdir, photo_files, tmp_path, capsys):
   out = tmp_path / "out" / "new.png"
@@ -304,7 +332,8 @@ def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
              "another trainer": "trained by 'pspnet', not fashiongan",
              "segmenter of another trainer": "trained by 'fashiongan', not pspnet",
              "negative seed": "--seed -3: give a non-negative integer",
-             "out is the photo": "would overwrite the input .*new.png"}[case]
+             "out is the photo": "would overwrite the input .*new.png",
+             "corrupt inference file": "fashiongan_inference.npz: unreadable"}[case]
   if case == "no labels":
     del args["--labels"]
   elif case == "empty text":
@@ -333,6 +362,11 @@ def test_edit_bad_input_is_one_line_exit_2_and_writes_nothing(
     args["--segmenter"] = str(finished_workdir)
   elif case == "negative seed":
     args["--seed"] = "-3"
+  elif case == "corrupt inference file":
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(finished_workdir, corrupt)
+    (corrupt / fashion_data.INFERENCE_FILE).write_bytes(b"PK\x03\x04 cut short")
+    args["--workdir"] = str(corrupt)
   elif case == "out is the photo":
     shutil.copy(photo_files / "photo.png", out)
     args["--photo"] = str(out)
