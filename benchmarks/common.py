@@ -1,5 +1,5 @@
 """What the benchmarks share: the machine's description, a best-of-N timer, and their
-command line (bad flags: one line on stderr, exit code 2)."""
+command line (`parser`, `positive_int`, `run`: bad flags are one line on stderr, exit code 2)."""
 import argparse
 import os
 import statistics
@@ -8,16 +8,14 @@ import time
 
 import jax
 
+from readingnotes_jax import errors
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.nn import precision
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose bad flags end the command with one line on stderr and exit code 2 (no
-  usage block)."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
+def parser(description: str) -> errors.ArgumentParser:
+  """A benchmark's argument parser (its bad flags raise UserError, for `run`)."""
+  return errors.ArgumentParser(description=description)
 
 
 def positive_int(text: str) -> int:
@@ -29,8 +27,8 @@ def positive_int(text: str) -> int:
 
 
 def run(main) -> None:
-  """Runs `main()`; a UserError it raises (bad flags found while setting up) is one line on
-  stderr and exit code 2."""
+  """Runs `main()`; a UserError it raises (bad flags: `errors.ArgumentParser`'s, or found while
+  setting up) is one line on stderr and exit code 2."""
   try:
     main()
   except UserError as e:

@@ -21,7 +21,7 @@ from readingnotes_jax.nn.conv import conv2d
 
 
 def main() -> None:
-  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = common.parser(__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=common.positive_int, default=5)
   parser.add_argument("--batch", type=common.positive_int, default=16)
   parser.add_argument("--size", type=common.positive_int, default=32)

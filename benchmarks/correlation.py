@@ -75,7 +75,7 @@ def _machine_rates(repeats):
 
 
 def main() -> None:
-  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = common.parser(__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=common.positive_int, default=3)
   parser.add_argument("--shape", default="1,38,63,1024")
   parser.add_argument("--config", default="8,1,1,8",

@@ -108,7 +108,7 @@ def peer(x: dict[str, np.ndarray], bfloat16: bool):
 
 
 def main() -> None:
-  parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = common.parser(__doc__.split("\n\n")[0])
   parser.add_argument("--rounds", type=common.positive_int, default=3)
   parser.add_argument("--height", type=common.positive_int, default=320)
   parser.add_argument("--width", type=common.positive_int, default=480)

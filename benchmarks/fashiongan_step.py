@@ -166,7 +166,7 @@ def peer(stage: str, x: dict[str, np.ndarray], size: int, features: int,
 
 
 def main() -> None:
-  parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = common.parser(__doc__.split("\n\n")[0])
   parser.add_argument("--rounds", type=common.positive_int, default=5)
   parser.add_argument("--size", type=common.positive_int, default=64, choices=model.SIZES)
   parser.add_argument("--features", type=common.positive_int, default=16)

@@ -151,7 +151,7 @@ def _relative(a, b) -> float:
 
 
 def main() -> None:
-  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = common.parser(__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=common.positive_int, default=3)
   parser.add_argument("--batch", type=common.positive_int, default=32)
   parser.add_argument("--size", type=common.positive_int, default=14)

@@ -389,7 +389,7 @@ def measure_compile(resolution: int, batch_size: int) -> dict:
 
 
 def main() -> None:
-  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = common.parser(__doc__.splitlines()[0])
   parser.add_argument("--iters", type=common.positive_int, default=2,
                       help="timed iterations of ours")
   parser.add_argument("--peer_iters", type=common.positive_int, default=2,

@@ -92,7 +92,7 @@ def make_train_step(model, optimizer):
 
 
 def main() -> None:
-  parser = common.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = common.parser(__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=common.positive_int, default=5)
   parser.add_argument("--train_batch", type=common.positive_int, default=2)
   parser.add_argument("--train_crop", type=common.positive_int, default=233)

@@ -1,4 +1,5 @@
-"""The one exception type for bad user input."""
+"""The one exception type for bad user input, and the argparse parser that raises it."""
+import argparse
 
 
 class UserError(Exception):
@@ -6,3 +7,11 @@ class UserError(Exception):
 
   Command-line entry points print it as a single line and exit with code 2.
   """
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose bad flags raise `UserError` (the command prints its one error line and
+  exits with code 2) instead of printing the usage block."""
+
+  def error(self, message):
+    raise UserError(message)

@@ -25,19 +25,15 @@ import numpy as np
 
 from readingnotes_jax import predictors
 from readingnotes_jax.data import ccp, ccp_fashion, parts, segmentation
+from readingnotes_jax import errors
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.fashiongan import compose, data as fashion_data, model, train
 from readingnotes_jax.fashiongan import figures as fashion_figures
 from readingnotes_jax.training import figures, mesh as mesh_lib, runner
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UserError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m readingnotes_jax.fashiongan.edit",
+  parser = errors.ArgumentParser(prog="python -m readingnotes_jax.fashiongan.edit",
                    description="Dress the person of a photo as a sentence says.")
   parser.add_argument("--workdir", required=True, help="a finished FashionGAN training workdir")
   parser.add_argument("--photo", required=True, help="the photo (JPEG or PNG)")

@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from readingnotes_jax import errors
 from readingnotes_jax.errors import UserError
 from readingnotes_jax.stream import processors as processors_lib
 from readingnotes_jax.stream import sources as sources_lib
@@ -22,7 +23,7 @@ from readingnotes_jax.stream import server as server_lib
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = errors.ArgumentParser(
       prog="python -m readingnotes_jax.stream",
       description="Stream video, or a model's view of it, to the browser over WebSocket.")
   parser.add_argument(
@@ -80,12 +81,11 @@ def build(args: argparse.Namespace) -> server_lib.StreamServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                       stream=sys.stderr)
   logging.getLogger("websockets").setLevel(logging.WARNING)
   try:
-    server = build(args)
+    server = build(_parser().parse_args(argv))
     asyncio.run(server.serve_forever())
   except UserError as exc:
     print(f"error: {exc}", file=sys.stderr)

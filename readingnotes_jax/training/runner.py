@@ -198,8 +198,8 @@ def _train(config, workdir, task, mesh, ckpt, cadence, stop_after_steps) -> dict
     state, meta = ckpt.restore(abstract_state(task, mesh))
     _check_identity(meta, task.identity(), ckpt.directory / str(ckpt.latest_step()))
     step, position = meta["step"], meta["position"]
-  files = task.workdir_files() if hasattr(task, "workdir_files") else {}
-  writer = _Outputs(config, workdir, step, files) if is_writer() else None
+  writer = (_Outputs(config, workdir, step, getattr(task, "workdir_files", dict)())
+            if is_writer() else None)
   evaluators = task.evaluators()
   bar = loop.progress_bar(task.total, position, unit=task.unit)
   rate = loop.Rate()

@@ -138,6 +138,7 @@ def test_bad_input_is_one_line_and_exit_2(capfd, tmp_path, clip):
   assert "needs --segmenter" in run_main(capfd, "--source", str(clip), "--model", "fashiongan",
                                          "--checkpoint", str(tmp_path))
   assert "--quality" in run_main(capfd, "--source", str(clip), "--quality", "0")
+  assert "argument --fps: invalid float value: 'abc'" in run_main(capfd, "--fps", "abc")
   workdirs = {}
   for trainer in ("progan", "pspnet"):
     workdirs[trainer] = tmp_path / trainer
